@@ -1,0 +1,103 @@
+"""``python -m pipeline <stage>``: one command per DVC stage.
+
+Heavy libraries (torch, Lightning, MLflow) are imported inside the commands that need them, so
+``--help`` answers at once. Expected failures (bad params, bad data) print one clear message and
+exit with status 2; an interrupt exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.config import FAMILIES, ParamsError, load_params
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _family(value: str) -> str:
+    if value not in FAMILIES:
+        raise argparse.ArgumentTypeError(f"unknown family {value!r}; choose from {', '.join(FAMILIES)}")
+    return value
+
+
+def cmd_prepare(args) -> int:
+    from pipeline.data.prepare import prepare, save
+
+    params = load_params(args.params)
+    prepared = prepare(params)
+    data_path, card_path = save(prepared, params.data.dataset)
+    card = prepared.card
+    print(f"prepared {card['dataset']}: input {card['input_shape']}, {card['num_classes']} classes, "
+          f"split {card['num_samples']} -> {data_path} (sha256 {card['sha256'][:12]})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.training.train import train_family
+
+    params = load_params(args.params)
+    m = train_family(params, args.family)
+    energy = f"{m['energy_j']:.1f} J" if "energy_j" in m else "energy unavailable"
+    print(f"trained {args.family}: val/acc {m['val_acc']:.4f} (best epoch {m['best_epoch'] + 1}/{m['epochs']}), "
+          f"{m['duration_s']:.1f} s, {energy}, {m['params']} params")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pipeline.evaluation.evaluate import evaluate_family
+
+    params = load_params(args.params)
+    m = evaluate_family(params, args.family)
+    energy = f"{m['energy_per_1k_j']:.3f} J/1k predictions" if "energy_per_1k_j" in m else "energy unavailable"
+    print(f"evaluated {args.family}: test/acc {m['test_acc']:.4f}, macro-F1 {m['test_f1_macro']:.4f}, "
+          f"{m['latency_ms_per_sample']:.3f} ms/sample, {energy}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline.reporting.report import write_report
+
+    params = load_params(args.params)
+    out = write_report(params)
+    print(f"report written: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="<stage>")
+    sub.add_parser("prepare", help="build the dataset, split it, write data/prepared/ and its card").set_defaults(func=cmd_prepare)
+    for name, func, text in (
+        ("train", cmd_train, "train one model family (Lightning), measured and tracked"),
+        ("evaluate", cmd_evaluate, "evaluate one trained family on the held-out test split"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
+        sp.set_defaults(func=func)
+    sub.add_parser("report", help="compare families: Markdown table, accuracy-vs-energy plot, DVC plot data").set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        from pipeline.data.sources import DataError
+
+        if isinstance(err, DataError):
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise

@@ -1,0 +1,219 @@
+"""Load ``params.yaml`` once and validate it into typed objects.
+
+Every error names the key path (``train.lr``) and what was expected, so a user can fix the file
+without reading code. YAML is read with the safe loader only.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FAMILIES = ("mlp", "cnn", "rnn", "transformer")
+Family = Literal["mlp", "cnn", "rnn", "transformer"]
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message names the file and the key path."""
+
+
+class _Strict(BaseModel):
+    # Misspelt keys are errors, not silently ignored defaults.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseCfg(_Strict):
+    seed: int = 42
+
+
+class Mnist1dCfg(_Strict):
+    """Arguments of the ``mnist1d`` generator (the dataset is built locally, no download)."""
+
+    num_samples: int = Field(5000, ge=100)
+    shuffle_seq: bool = False
+    iid_noise_scale: float = Field(0.02, ge=0)
+    corr_noise_scale: float = Field(0.25, ge=0)
+    seed: int = 42
+
+
+class NpzCfg(_Strict):
+    """A user file holding arrays ``x`` (samples first) and ``y`` (integer labels)."""
+
+    path: str = ""
+    # auto: x of 2 dims is a 1-channel sequence, 3 dims a 1-channel image, 4 dims a C-channel image.
+    layout: Literal["auto", "sequence", "image"] = "auto"
+
+
+class DataCfg(_Strict):
+    dataset: Literal["mnist1d", "digits", "npz"] = "mnist1d"
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    mnist1d: Mnist1dCfg = Mnist1dCfg()
+    npz: NpzCfg = NpzCfg()
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataCfg":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must leave at least 10% for training, "
+                f"got {self.val_fraction} + {self.test_fraction}"
+            )
+        if self.dataset == "npz" and not self.npz.path:
+            raise ValueError("dataset 'npz' needs data.npz.path (a .npz file with arrays x and y)")
+        return self
+
+
+class MLPCfg(_Strict):
+    width: int = Field(256, ge=1)
+    depth: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class CNNCfg(_Strict):
+    channels: int = Field(32, ge=1)
+    depth: int = Field(3, ge=1)
+    kernel_size: int = Field(5, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class RNNCfg(_Strict):
+    cell: Literal["gru", "lstm"] = "gru"
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TransformerCfg(_Strict):
+    d_model: int = Field(64, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_layers: int = Field(2, ge=1)
+    ff_mult: int = Field(2, ge=1)
+    # Consecutive time steps (or image rows) grouped into one token.
+    patch_size: int = Field(1, ge=1)
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TransformerCfg":
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class ModelsCfg(_Strict):
+    mlp: MLPCfg = MLPCfg()
+    cnn: CNNCfg = CNNCfg()
+    rnn: RNNCfg = RNNCfg()
+    transformer: TransformerCfg = TransformerCfg()
+
+    def for_family(self, family: str) -> BaseModel:
+        return getattr(self, family)
+
+
+class TrainCfg(_Strict):
+    optimizer: Literal["sgd", "sgd_momentum", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(20, ge=1)
+    # Stop when val/acc has not improved for this many epochs; 0 turns early stopping off.
+    early_stopping_patience: int = Field(5, ge=0)
+    # Energy and time to first reach this validation accuracy are logged (absent if never reached).
+    target_val_acc: float = Field(0.8, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _finite(self) -> "TrainCfg":
+        if not math.isfinite(self.lr):
+            raise ValueError("lr must be a finite number")
+        return self
+
+
+class EnergyCfg(_Strict):
+    # ISO 3166-1 alpha-3 code of the grid whose carbon intensity converts kWh to CO2eq.
+    country_iso_code: str = Field("USA", min_length=3, max_length=3)
+    region: str | None = None
+    # CodeCarbon's background sampling period; per-epoch readings are taken on top of it.
+    measure_power_secs: float = Field(1.0, gt=0)
+
+
+class EvaluateCfg(_Strict):
+    batch_size: int = Field(256, ge=1)
+    latency_samples: int = Field(200, ge=1)
+    # Inference is repeated over the test split until at least this long, so its energy is
+    # well above the meter's resolution.
+    energy_min_duration_s: float = Field(2.0, gt=0)
+
+
+class TrackingCfg(_Strict):
+    experiment_name: str = Field("energy-pipeline", min_length=1)
+    # Empty: the embedded store sqlite:///<repo>/mlruns/mlflow.db. MLFLOW_TRACKING_URI wins.
+    tracking_uri: str = ""
+
+
+class Params(_Strict):
+    families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    base: BaseCfg = BaseCfg()
+    data: DataCfg = DataCfg()
+    models: ModelsCfg = ModelsCfg()
+    train: TrainCfg = TrainCfg()
+    energy: EnergyCfg = EnergyCfg()
+    evaluate: EvaluateCfg = EvaluateCfg()
+    tracking: TrackingCfg = TrackingCfg()
+
+    @model_validator(mode="after")
+    def _unique_families(self) -> "Params":
+        if len(set(self.families)) != len(self.families):
+            raise ValueError(f"families must not repeat a family, got {self.families}")
+        return self
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid parameters:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt?)"
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: Path | str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping."""
+    source = Path(source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_validation_error(source, err)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate a params file; raise ParamsError naming the file, line or key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ParamsError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_params(raw, path)

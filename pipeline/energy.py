@@ -1,0 +1,268 @@
+"""The one place that talks to CodeCarbon: measure any block of work, get a typed reading.
+
+CodeCarbon's offline tracker (no network) runs in *process* mode, so CPU energy follows this
+process's own CPU load and concurrent runs do not count each other's work. One tracker serves the
+whole process through CodeCarbon's task API: its first start probes the hardware (1.3-2 s here),
+later tasks cost ~6 ms. ``EnergyMeter.prewarm()`` does the probing on a background thread while
+the caller imports and loads data, so short runs do not pay it on their critical path.
+
+Every reading says how it was measured (``method``): a hardware counter (Intel RAPL, NVIDIA NVML),
+an estimate from CPU load and TDP, or ``unavailable`` when CodeCarbon could not measure at all, in
+which case the energy fields are ``None`` (never a silent zero).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterator
+
+from pipeline.config import EnergyCfg
+
+log = logging.getLogger(__name__)
+
+J_PER_KWH = 3.6e6
+UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """Energy of one block of work. kWh and kg CO2eq as CodeCarbon reports them."""
+
+    duration_s: float
+    energy_kwh: float | None = None
+    cpu_kwh: float | None = None
+    gpu_kwh: float | None = None
+    ram_kwh: float | None = None
+    emissions_kg: float | None = None
+    method: str = UNAVAILABLE
+    cpu_method: str = UNAVAILABLE
+    country_iso_code: str = ""
+
+    @property
+    def energy_j(self) -> float | None:
+        return None if self.energy_kwh is None else self.energy_kwh * J_PER_KWH
+
+    @property
+    def mean_power_w(self) -> float | None:
+        if self.energy_kwh is None or self.duration_s <= 0:
+            return None
+        return self.energy_j / self.duration_s
+
+    def __add__(self, other: "EnergyReading") -> "EnergyReading":
+        def add(a, b):
+            return None if a is None or b is None else a + b
+
+        return replace(
+            self,
+            duration_s=self.duration_s + other.duration_s,
+            energy_kwh=add(self.energy_kwh, other.energy_kwh),
+            cpu_kwh=add(self.cpu_kwh, other.cpu_kwh),
+            gpu_kwh=add(self.gpu_kwh, other.gpu_kwh),
+            ram_kwh=add(self.ram_kwh, other.ram_kwh),
+            emissions_kg=add(self.emissions_kg, other.emissions_kg),
+            method=self.method if self.method == other.method else f"{self.method}+{other.method}",
+        )
+
+    def metrics(self, prefix: str = "energy") -> dict[str, float]:
+        """Flat metric dict (only measured values) with units in the names."""
+        values = {
+            f"{prefix}/duration_s": self.duration_s,
+            f"{prefix}/total_kwh": self.energy_kwh,
+            f"{prefix}/total_j": self.energy_j,
+            f"{prefix}/cpu_kwh": self.cpu_kwh,
+            f"{prefix}/gpu_kwh": self.gpu_kwh,
+            f"{prefix}/ram_kwh": self.ram_kwh,
+            f"{prefix}/emissions_kg": self.emissions_kg,
+            f"{prefix}/mean_power_w": self.mean_power_w,
+        }
+        return {k: float(v) for k, v in values.items() if v is not None}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["energy_j"] = self.energy_j
+        d["mean_power_w"] = self.mean_power_w
+        return d
+
+
+def describe_method(tracker) -> tuple[str, str]:
+    """(overall method, CPU method) from the hardware CodeCarbon chose.
+
+    CodeCarbon's EmissionsData has no such field; the CPU object's ``_mode`` names what it used.
+    """
+    cpu_mode, gpu = UNAVAILABLE, False
+    for hw in getattr(tracker, "_hardware", []):
+        kind = type(hw).__name__
+        if kind == "CPU":
+            cpu_mode = getattr(hw, "_mode", UNAVAILABLE)
+        elif kind == "GPU":
+            gpu = True
+    cpu_method = {
+        "intel_rapl": "rapl",
+        "intel_power_gadget": "intel_power_gadget",
+        "windows_emi": "windows_emi",
+        "cpu_load": "estimate:cpu_load*tdp",
+        "constant": "estimate:constant_tdp",
+    }.get(cpu_mode, cpu_mode)
+    parts = [f"cpu={cpu_method}", "ram=estimate", f"gpu={'nvml' if gpu else 'none'}"]
+    return ";".join(parts), cpu_method
+
+
+class _CodeCarbonChatter(logging.Filter):
+    """Keep CodeCarbon to warnings, minus the ones it repeats in every process: concurrent
+    stages must be allowed to measure at once, and the hardware-probe notes are summed up in
+    the one line this module logs about the method."""
+
+    _REPEATED = ("Multiple instances of codecarbon", "We saw that you have", "We will use the default power",
+                 "No CPU tracking mode found")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return record.levelno >= logging.WARNING and not any(r in msg for r in self._REPEATED)
+
+
+class EnergyMeter:
+    """Measures blocks of this process's work with one shared CodeCarbon tracker."""
+
+    def __init__(self, cfg: EnergyCfg):
+        self.cfg = cfg
+        self._tracker = None
+        self._error: str | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+        self.method = UNAVAILABLE
+        self.cpu_method = UNAVAILABLE
+
+    # -- setup -------------------------------------------------------------------------------
+    def _init_tracker(self) -> None:
+        try:
+            cc_log = logging.getLogger("codecarbon")
+            cc_log.setLevel(logging.WARNING)
+            cc_log.addFilter(_CodeCarbonChatter())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from codecarbon import OfflineEmissionsTracker
+
+                kwargs = dict(
+                    country_iso_code=self.cfg.country_iso_code,
+                    tracking_mode="process",
+                    save_to_file=False,
+                    log_level="warning",
+                    measure_power_secs=self.cfg.measure_power_secs,
+                    allow_multiple_runs=True,
+                )
+                if self.cfg.region:
+                    kwargs["region"] = self.cfg.region
+                tracker = OfflineEmissionsTracker(**kwargs)
+                # Probe the hardware now (the costly part), outside any measured block.
+                tracker.start_task("probe")
+                tracker.stop_task()
+            self._tracker = tracker
+            self.method, self.cpu_method = describe_method(tracker)
+            if self.cpu_method.startswith("estimate"):
+                log.warning("no hardware energy counter for the CPU; its power is estimated (%s)", self.method)
+        except Exception as err:  # measurement must never take the run down with it
+            self._error = f"{type(err).__name__}: {err}"
+            log.warning("energy measurement unavailable, runs are logged without energy: %s", self._error)
+        finally:
+            self._ready.set()
+
+    def prewarm(self) -> "EnergyMeter":
+        """Start probing the hardware on a background thread; returns self."""
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._init_tracker, name="energy-prewarm", daemon=True).start()
+        return self
+
+    def _wait_ready(self):
+        self.prewarm()
+        self._ready.wait()
+        return self._tracker
+
+    # -- measuring ---------------------------------------------------------------------------
+    def _start(self) -> tuple[str | None, float]:
+        tracker = self._wait_ready()
+        name = None
+        if tracker is not None:
+            name = f"task-{uuid.uuid4().hex}"
+            try:
+                tracker.start_task(name)
+            except Exception as err:
+                log.warning("energy measurement failed to start (%s); continuing without it", err)
+                name = None
+        return name, time.perf_counter()
+
+    def _stop(self, name: str | None, t0: float) -> EnergyReading:
+        duration = time.perf_counter() - t0
+        data = None
+        if name is not None:
+            try:
+                data = self._tracker.stop_task(name)
+            except Exception as err:
+                log.warning("energy measurement failed to stop (%s); reading marked unavailable", err)
+        if data is None:
+            return EnergyReading(duration_s=duration, country_iso_code=self.cfg.country_iso_code)
+        return EnergyReading(
+            duration_s=duration,
+            energy_kwh=float(data.energy_consumed),
+            cpu_kwh=float(data.cpu_energy),
+            gpu_kwh=float(data.gpu_energy),
+            ram_kwh=float(data.ram_energy),
+            emissions_kg=float(data.emissions),
+            method=self.method,
+            cpu_method=self.cpu_method,
+            country_iso_code=self.cfg.country_iso_code,
+        )
+
+    @contextmanager
+    def measure(self) -> Iterator["Measurement"]:
+        """Measure the enclosed block; the Measurement's ``total`` holds the reading after it."""
+        m = Measurement(self)
+        try:
+            yield m
+        finally:
+            m.finish()
+
+
+@dataclass
+class Measurement:
+    """A measured block split into consecutive segments (laps); the total is their sum."""
+
+    meter: EnergyMeter
+    segments: list[EnergyReading] = field(default_factory=list)
+    _task: str | None = None
+    _t0: float = 0.0
+    _open: bool = False
+
+    def __post_init__(self):
+        self._task, self._t0 = self.meter._start()
+        self._open = True
+
+    def lap(self) -> EnergyReading:
+        """Close the current segment, start the next; return the closed segment's reading."""
+        reading = self.meter._stop(self._task, self._t0)
+        self.segments.append(reading)
+        self._task, self._t0 = self.meter._start()
+        return reading
+
+    def finish(self) -> EnergyReading:
+        if self._open:
+            self.segments.append(self.meter._stop(self._task, self._t0))
+            self._open = False
+        return self.total
+
+    @property
+    def total(self) -> EnergyReading:
+        """Sum of the closed segments (the whole block once finished)."""
+        if not self.segments:
+            return EnergyReading(duration_s=0.0, country_iso_code=self.meter.cfg.country_iso_code)
+        total = self.segments[0]
+        for seg in self.segments[1:]:
+            total = total + seg
+        return total

@@ -1,0 +1,149 @@
+"""The ``evaluate`` stage: a trained model on the held-out test split, measured and tracked.
+
+Quality: accuracy, macro-F1, confusion matrix. Cost: latency per sample (batch of one), throughput
+at the evaluation batch size, and energy per 1,000 predictions, measured over repeated passes
+of the test split lasting at least ``evaluate.energy_min_duration_s``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.data.prepare import load_prepared
+from pipeline.data.sources import DataError
+from pipeline.energy import EnergyMeter
+from pipeline.models.factory import ModelSpec, build_model
+from pipeline.tracking import base_tags, tracked_run
+
+
+def load_trained(family: str) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild a trained model from its spec; weights are loaded weights-only (no pickle code)."""
+    d = paths.model_dir(family)
+    files = [d / "spec.json", d / "model.pt", d / "run.json"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: trained model not found; run `python -m pipeline train --family {family}` first")
+    spec = ModelSpec.from_dict(json.loads(files[0].read_text()))
+    model = build_model(spec)
+    model.load_state_dict(torch.load(files[1], map_location="cpu", weights_only=True))
+    return model.eval(), spec, json.loads(files[2].read_text())
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).argmax(1)
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Macro-averaged F1 over the classes present in the test labels or the predictions."""
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(1), cm.sum(0)
+    present = (support + predicted) > 0
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1[present].mean())
+
+
+@torch.inference_mode()
+def latency_per_sample_s(model: nn.Module, x: torch.Tensor, n: int) -> float:
+    """Median time of a single-sample prediction, after a warm-up."""
+    samples = x[: max(1, min(n, len(x)))]
+    for i in range(min(10, len(samples))):
+        model(samples[i:i + 1])
+    times = []
+    for i in range(len(samples)):
+        t0 = time.perf_counter()
+        model(samples[i:i + 1])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def plot_confusion(cm: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    ax.set_xticks(range(cm.shape[1]))
+    ax.set_yticks(range(cm.shape[0]))
+    thresh = cm.max() / 2 if cm.size else 0
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > thresh else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_family(params: Params, family: str, meter: EnergyMeter | None = None) -> dict:
+    meter = (meter or EnergyMeter(params.energy)).prewarm()
+    torch.manual_seed(params.base.seed)
+    prepared = load_prepared(params.data.dataset)
+    model, spec, train_run = load_trained(family)
+    x = torch.from_numpy(prepared.arrays["x_test"]).float()
+    y = prepared.arrays["y_test"]
+    bs = params.evaluate.batch_size
+    card = prepared.card
+    tags = base_tags("evaluate", family, card["sha256"])
+    tags["source_run_id"] = train_run.get("run_id", "unknown")
+    with tracked_run(params.tracking, f"evaluate-{family}", tags) as run:
+        run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
+        y_pred = predict(model, x, bs).numpy()
+        cm = confusion(y, y_pred, spec.num_classes)
+        acc = float((y_pred == y).mean())
+        f1 = macro_f1(cm)
+        latency = latency_per_sample_s(model, x, params.evaluate.latency_samples)
+
+        predict(model, x, bs)  # warm-up outside the measured block
+        passes = 0
+        with meter.measure() as m:
+            run.set_tags({"energy_method": meter.method})
+            t0 = time.perf_counter()
+            while passes == 0 or time.perf_counter() - t0 < params.evaluate.energy_min_duration_s:
+                predict(model, x, bs)
+                passes += 1
+        energy = m.total
+        n_pred = passes * len(x)
+        metrics: dict[str, float] = {
+            "test_acc": acc,
+            "test_f1_macro": f1,
+            "latency_ms_per_sample": latency * 1e3,
+            "throughput_per_s": n_pred / energy.duration_s,
+            "predictions_measured": n_pred,
+            "energy_method": energy.method,
+        }
+        if energy.energy_j is not None:
+            metrics["energy_per_1k_j"] = energy.energy_j / n_pred * 1000
+            metrics["emissions_per_1k_kg"] = energy.emissions_kg / n_pred * 1000
+            metrics["inference_mean_power_w"] = energy.mean_power_w
+        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items() if k != "energy_method"})
+        run.log_metrics(energy.metrics("energy"))
+
+        cm_path = paths.confusion_plot(family)
+        cm_path.parent.mkdir(parents=True, exist_ok=True)
+        paths.evaluate_metrics(family).parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(cm, f"{family}: test accuracy {acc:.3f}", cm_path)
+        run.log_artifact(cm_path)
+        run.log_dict({"labels": list(range(spec.num_classes)), "matrix": cm.tolist()}, "confusion_matrix.json")
+        run.log_dict(energy.to_dict(), "energy.json")
+        paths.evaluate_metrics(family).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

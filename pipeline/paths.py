@@ -1,0 +1,49 @@
+"""Where each stage reads and writes, relative to the working directory (DVC's stage wdir).
+
+Shared stores (the MLflow database and artifacts) are anchored on ``DVC_ROOT`` when DVC runs the
+stage: queued experiments run in temporary copies of the repo, and a store relative to the working
+directory would be written there and lost.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PREPARED_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
+
+
+def store_root() -> Path:
+    """Directory that holds shared stores (``mlruns/``): the repo root DVC names, else the cwd."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def prepared_data(dataset: str) -> Path:
+    return PREPARED_DIR / f"{dataset}.npz"
+
+
+def data_card(dataset: str) -> Path:
+    return PREPARED_DIR / f"{dataset}.card.json"
+
+
+def model_dir(family: str) -> Path:
+    return MODELS_DIR / family
+
+
+def train_metrics(family: str) -> Path:
+    return METRICS_DIR / "train" / f"{family}.json"
+
+
+def evaluate_metrics(family: str) -> Path:
+    return METRICS_DIR / "evaluate" / f"{family}.json"
+
+
+def epoch_plot(family: str) -> Path:
+    return PLOTS_DIR / "epochs" / f"{family}.csv"
+
+
+def confusion_plot(family: str) -> Path:
+    return PLOTS_DIR / "confusion" / f"{family}.png"

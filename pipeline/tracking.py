@@ -1,0 +1,157 @@
+"""The one layer over MLflow: where the store is, how runs are named, tagged, ended.
+
+Default store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under ``<repo>/mlruns/artifacts``
+(``<repo>`` is ``DVC_ROOT`` when DVC runs the stage, so queued experiments share one store).
+``MLFLOW_TRACKING_URI`` in the environment, then ``tracking.tracking_uri`` in params, override it
+(e.g. an MLflow server whose backend is PostgreSQL).
+
+A run that raises is ended FAILED (KILLED for Ctrl-C / SIGTERM) with the error kept as a tag, so
+no run is left RUNNING.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline import paths
+from pipeline.config import TrackingCfg
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: skip its DNS lookup
+
+
+def store_dir() -> Path:
+    return paths.store_root() / "mlruns"
+
+
+def tracking_uri(cfg: TrackingCfg) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    if uri:
+        return uri
+    return f"sqlite:///{store_dir() / 'mlflow.db'}"
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:")
+
+
+def git_commit(root: Path | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or paths.store_root(),
+            capture_output=True, text=True, timeout=10,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def base_tags(stage: str, family: str, data_hash: str | None) -> dict[str, str]:
+    tags = {
+        "stage": stage,
+        "family": family,
+        "git_commit": git_commit(),
+        "data_hash": data_hash or "unknown",
+    }
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Run:
+    """A started MLflow run; thin, so the rest of the code never imports mlflow."""
+
+    def __init__(self, client, run_id: str):
+        self._client = client
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self._client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 1000):
+            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items() if v is not None]
+        if items:
+            self._client.log_batch(self.run_id, tags=items)
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self._client.log_dict(self.run_id, data, name)
+
+
+def _experiment_id(client, cfg: TrackingCfg, uri: str) -> str:
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if _is_local_store(uri):
+        art = store_dir() / "artifacts"
+        art.mkdir(parents=True, exist_ok=True)
+        location = art.as_uri()
+    try:
+        return client.create_experiment(cfg.experiment_name, artifact_location=location)
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(cfg.experiment_name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def client_for(cfg: TrackingCfg):
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:"):
+        store_dir().mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+@contextmanager
+def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, str]) -> Iterator[Run]:
+    """Start a run; end it FINISHED, FAILED (exception) or KILLED (interrupt), never RUNNING."""
+    client, uri = client_for(cfg)
+    exp_id = _experiment_id(client, cfg, uri)
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    handle = Run(client, run.info.run_id)
+    try:
+        yield handle
+    except BaseException as err:
+        killed = isinstance(err, (KeyboardInterrupt, SystemExit))
+        try:
+            handle.set_tags({"error": f"{type(err).__name__}: {err}"})
+        finally:
+            client.set_terminated(handle.run_id, status="KILLED" if killed else "FAILED")
+        raise
+    else:
+        client.set_terminated(handle.run_id, status="FINISHED")

@@ -1,0 +1,43 @@
+"""Per-epoch recording: metrics and the epoch's energy to MLflow, energy-to-target, history."""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+
+from pipeline.energy import Measurement
+from pipeline.tracking import Run
+
+
+class EpochRecorder(pl.Callback):
+    """At each epoch end: close the epoch's energy segment, log train/val metrics and the
+    epoch's energy (J) and mean power (W) as step metrics, and note when val/acc first reaches
+    the target (energy and time from the start of training)."""
+
+    def __init__(self, measurement: Measurement, run: Run | None, target_val_acc: float):
+        self.measurement = measurement
+        self.run = run
+        self.target = target_val_acc
+        self.history: list[dict[str, float]] = []
+        self.best_val_acc = float("-inf")
+        self.best_epoch = -1
+        self.target_reached: dict[str, float] | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        segment = self.measurement.lap()
+        so_far = self.measurement.total
+        epoch = trainer.current_epoch
+        row = {"epoch": epoch, **pl_module.compute_train_metrics(), **pl_module.last_val}
+        val_acc = row.get("val/acc")
+        if val_acc is not None and val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, epoch
+        row["val/acc_best"] = self.best_val_acc
+        row["time/epoch_s"] = segment.duration_s
+        row["time/elapsed_s"] = so_far.duration_s
+        if segment.energy_j is not None:
+            row["energy/epoch_j"] = segment.energy_j
+            row["energy/epoch_mean_power_w"] = segment.mean_power_w
+            row["energy/cumulative_j"] = so_far.energy_j
+        if self.target_reached is None and val_acc is not None and val_acc >= self.target:
+            self.target_reached = {"epoch": epoch, "time_s": so_far.duration_s, "energy_j": so_far.energy_j}
+        self.history.append(row)
+        if self.run is not None:
+            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
