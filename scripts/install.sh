@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install the project with its test tools.
-# torch 2.13.0 is installed first and on its own: on the project's machines pip takes the
-# CPU build from local disk; any other torch spec resolved first could pull a multi-GB CUDA build.
-# GPU users: set TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cu128) before running.
+# Create .venv (if needed) and install the project with its test tools. Safe to run again.
+#
+# torch 2.13.0 is installed first and on its own: on this project's CPU machines pip takes the
+# CPU build from local disk, while any other torch spec resolved first could pull a multi-GB
+# CUDA build. GPU users: set TORCH_INDEX_URL to PyTorch's wheel index for their CUDA version
+# (see README) before running this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-VPIP=".venv/bin/python -m pip"
-$VPIP install -q --upgrade pip >/dev/null
+# Nothing to do when this exact pyproject.toml and script were installed already.
+stamp=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+if [ "$(cat .venv/.installed 2>/dev/null)" = "$stamp" ] && .venv/bin/python -c "import pipeline" 2>/dev/null; then
+  echo "installed: .venv is up to date"
+  exit 0
+fi
+# pip here warns about local wheel folders that do not exist on every machine: drop that noise only.
+pip_quiet() { .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
 if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    $VPIP install -q "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
+    pip_quiet install -q "torch==2.13.0" --index-url "$TORCH_INDEX_URL"
   else
-    $VPIP install -q "torch==2.13.0"
+    pip_quiet install -q "torch==2.13.0"
   fi
 fi
-$VPIP install -q -e ".[dev]"
-echo "installed: $(.venv/bin/python -c 'import torch, lightning, mlflow, optuna, codecarbon, dvc.version as v; print("torch", torch.__version__, "| lightning", lightning.__version__, "| mlflow", mlflow.__version__, "| optuna", optuna.__version__, "| codecarbon", codecarbon.__version__, "| dvc", v.__version__)')"
+pip_quiet install -q -e ".[dev]"
+.venv/bin/python - <<'PY'
+import codecarbon, dvc.version, lightning, mlflow, optuna, torch
+print(f"installed: torch {torch.__version__} | lightning {lightning.__version__} | mlflow {mlflow.__version__} "
+      f"| optuna {optuna.__version__} | codecarbon {codecarbon.__version__} | dvc {dvc.version.__version__}")
+PY
+echo "$stamp" > .venv/.installed

@@ -33,6 +33,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*You called `self.log.*")
     warnings.filterwarnings("ignore", message=".*`isinstance.*treespec.*")
+    # models/<family>/ also holds the exported weights next to the checkpoint.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def peak_memory() -> dict[str, int]:

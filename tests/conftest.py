@@ -1,0 +1,64 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import EnergyCfg, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "base": {"seed": 7},
+    "data": {"dataset": "mnist1d", "mnist1d": {"num_samples": 600}},
+    "models": {
+        "mlp": {"width": 32, "depth": 1},
+        "cnn": {"channels": 8, "depth": 2},
+        "rnn": {"hidden_size": 16},
+        "transformer": {"d_model": 16, "num_heads": 2, "num_layers": 1, "patch_size": 4},
+    },
+    "train": {"max_epochs": 2, "batch_size": 64, "lr": 0.003, "early_stopping_patience": 0, "target_val_acc": 0.2},
+    "evaluate": {"latency_samples": 10, "energy_min_duration_s": 0.2},
+}
+
+
+def tiny_raw(**overrides) -> dict:
+    import copy
+
+    raw = copy.deepcopy(TINY)
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw
+
+
+@pytest.fixture
+def tiny_params():
+    def make(**overrides):
+        return parse_params(tiny_raw(**overrides))
+
+    return make
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow store; no DVC or MLflow env leaking in."""
+    for var in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def meter():
+    """One energy meter for the session: CodeCarbon's hardware probe costs ~2 s per process."""
+    from pipeline.energy import EnergyMeter
+
+    return EnergyMeter(EnergyCfg()).prewarm()
+
+
+def pytest_configure(config):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -1,0 +1,63 @@
+import textwrap
+
+import pytest
+
+from pipeline.config import FAMILIES, ParamsError, load_params, parse_params
+
+from .conftest import ROOT, tiny_raw
+
+
+def test_project_params_file_is_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert set(p.families) == set(FAMILIES)
+    assert p.data.dataset == "mnist1d"
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("train.lr", -0.1, "train.lr"),
+        ("train.lr", 0, "train.lr"),
+        ("train.batch_size", 0, "train.batch_size"),
+        ("train.max_epochs", -3, "train.max_epochs"),
+        ("train.lr", "fast", "train.lr"),
+        ("train.optimizer", "adagrad", "train.optimizer"),
+        ("data.dataset", "imagenet", "data.dataset"),
+        ("models.transformer.num_heads", 3, "models.transformer"),
+        ("models.rnn.cell", "lstmm", "models.rnn.cell"),
+        ("data.val_fraction", 1.5, "data.val_fraction"),
+        ("families", ["mlp", "resnet"], "families.1"),
+        ("families", [], "families"),
+        ("train.lrr", 0.1, "train.lrr"),
+    ],
+)
+def test_bad_params_name_the_key(key, value, expected):
+    with pytest.raises(ParamsError) as exc:
+        parse_params(tiny_raw(**{key: value}))
+    assert expected in str(exc.value)
+
+
+def test_misspelt_key_is_called_unknown():
+    with pytest.raises(ParamsError, match=r"train\.lrr: unknown key"):
+        parse_params(tiny_raw(**{"train.lrr": 0.1}))
+
+
+def test_yaml_syntax_error_gives_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text(textwrap.dedent("""\
+        train:
+          lr: 0.1
+         batch_size: [1, 2
+        """))
+    with pytest.raises(ParamsError, match=r"YAML syntax error at line \d+"):
+        load_params(f)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_npz_dataset_needs_a_path():
+    with pytest.raises(ParamsError, match="data.npz.path"):
+        parse_params(tiny_raw(**{"data.dataset": "npz"}))

@@ -1,0 +1,99 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import paths
+from pipeline.data.prepare import load_prepared, prepare, save, stratified_split
+from pipeline.data.sources import DataError
+
+
+def test_mnist1d_prepare_is_deterministic(tiny_params):
+    a, b = prepare(tiny_params()), prepare(tiny_params())
+    assert a.card["sha256"] == b.card["sha256"]
+    for k in a.arrays:
+        np.testing.assert_array_equal(a.arrays[k], b.arrays[k])
+    assert a.card["input_shape"] == [1, 40] and a.card["num_classes"] == 10
+    assert sum(a.card["num_samples"].values()) == 600
+
+
+def test_generator_arguments_change_the_data(tiny_params):
+    base = prepare(tiny_params())
+    assert prepare(tiny_params(**{"data.mnist1d.seed": 1})).card["sha256"] != base.card["sha256"]
+    assert prepare(tiny_params(**{"data.mnist1d.shuffle_seq": True})).card["sha256"] != base.card["sha256"]
+    assert prepare(tiny_params(**{"base.seed": 8})).card["sha256"] != base.card["sha256"]  # another split
+
+
+def test_mnist1d_leaves_numpy_global_rng_alone(tiny_params):
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    prepare(tiny_params())
+    assert np.random.rand() == expected
+
+
+def test_digits_are_images(tiny_params):
+    p = prepare(tiny_params(**{"data.dataset": "digits"}))
+    assert p.card["input_shape"] == [1, 8, 8] and p.card["layout"] == "image"
+    assert p.arrays["x_train"].max() <= 1.0
+
+
+def test_split_is_stratified_and_disjoint():
+    y = np.repeat(np.arange(4), 50)
+    split = stratified_split(y, 0.2, 0.2, seed=0)
+    all_idx = np.concatenate(list(split.values()))
+    assert len(all_idx) == len(set(all_idx.tolist())) == 200
+    for s, frac in (("val", 0.2), ("test", 0.2), ("train", 0.6)):
+        assert np.bincount(y[split[s]]).tolist() == [int(50 * frac)] * 4
+
+
+def test_card_is_written_with_counts(tiny_params, workdir):
+    prepared = prepare(tiny_params())
+    save(prepared, "mnist1d")
+    card = json.loads(paths.data_card("mnist1d").read_text())
+    assert sum(card["class_counts"]["train"]) == card["num_samples"]["train"]
+    assert load_prepared("mnist1d").card == card
+
+
+@pytest.mark.parametrize(
+    "x_shape, layout, expected",
+    [((30, 12), "auto", [1, 12]), ((30, 6, 5), "auto", [1, 6, 5]), ((30, 3, 6, 5), "auto", [3, 6, 5]),
+     ((30, 4, 12), "sequence", [4, 12])],
+)
+def test_npz_layouts(tiny_params, workdir, x_shape, layout, expected):
+    rng = np.random.default_rng(0)
+    np.savez(workdir / "d.npz", x=rng.normal(size=x_shape), y=np.arange(30) % 3)
+    p = prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "d.npz", "data.npz.layout": layout}))
+    assert p.card["input_shape"] == expected and p.card["num_classes"] == 3
+
+
+def _npz_error(tiny_params, workdir, **arrays):
+    np.savez(workdir / "bad.npz", **arrays)
+    with pytest.raises(DataError) as exc:
+        prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "bad.npz"}))
+    return str(exc.value)
+
+
+def test_npz_bad_inputs(tiny_params, workdir):
+    x = np.zeros((30, 8))
+    y = np.arange(30) % 3
+    assert "missing array(s) ['y']" in _npz_error(tiny_params, workdir, x=x)
+    assert "NaN or infinite" in _npz_error(tiny_params, workdir, x=np.where(x == 0, np.nan, x), y=y)
+    assert "must be integers" in _npz_error(tiny_params, workdir, x=x, y=y + 0.5)
+    assert "0..num_classes-1" in _npz_error(tiny_params, workdir, x=x, y=y - 1)
+    assert "29 labels" in _npz_error(tiny_params, workdir, x=x, y=y[:29])
+    assert "split is empty" in _npz_error(tiny_params, workdir, x=x[:2], y=y[:2])
+    assert "1-D array of labels" in _npz_error(tiny_params, workdir, x=x, y=y.reshape(15, 2))
+
+
+def test_npz_missing_or_corrupt_file(tiny_params, workdir):
+    with pytest.raises(DataError, match="file not found"):
+        prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "none.npz"}))
+    (workdir / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "junk.npz"}))
+
+
+def test_load_prepared_says_which_stage_to_run(workdir):
+    with pytest.raises(DataError, match="python -m pipeline prepare"):
+        load_prepared("mnist1d")

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from pipeline import paths
+from pipeline.data.prepare import prepare, save
+from pipeline.evaluation.evaluate import evaluate_family, macro_f1, confusion
+from pipeline.tracking import client_for
+from pipeline.training.train import train_family
+
+
+@pytest.fixture
+def prepared(tiny_params, workdir):
+    p = prepare(tiny_params())
+    save(p, "mnist1d")
+    return p
+
+
+def _runs(params, stage):
+    client, _ = client_for(params.tracking)
+    exp = client.get_experiment_by_name(params.tracking.experiment_name)
+    return client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
+
+
+def test_same_params_train_to_the_same_accuracy(tiny_params, prepared, meter):
+    params = tiny_params()
+    a = train_family(params, "cnn", meter, prepared)
+    w_a = torch.load(paths.model_dir("cnn") / "model.pt", weights_only=True)
+    b = train_family(params, "cnn", meter, prepared)
+    w_b = torch.load(paths.model_dir("cnn") / "model.pt", weights_only=True)
+    assert a["val_acc"] == b["val_acc"]
+    assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+
+
+def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
+    params = tiny_params()
+    m = train_family(params, "mlp", meter, prepared)
+    assert m["epochs"] == 2 and m["energy_j"] > 0 and m["flops_per_joule"] > 0
+    assert json.loads(paths.train_metrics("mlp").read_text())["val_acc"] == m["val_acc"]
+    history = paths.epoch_plot("mlp").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 3
+
+    (run,) = _runs(params, "train")
+    assert run.info.status == "FINISHED"
+    assert {"family", "stage", "git_commit", "data_hash", "energy_method"} <= set(run.data.tags)
+    assert run.data.tags["data_hash"] == prepared.card["sha256"]
+    for key in ("final/val_acc", "energy/total_j", "energy/cpu_kwh", "energy/ram_kwh", "energy/emissions_kg",
+                "model/params_total", "energy/epoch_j", "energy/epoch_mean_power_w", "train/loss", "val/acc"):
+        assert key in run.data.metrics, key
+    client, _ = client_for(params.tracking)
+    epochs = client.get_metric_history(run.info.run_id, "energy/epoch_j")
+    assert [e.step for e in epochs] == [0, 1] and all(e.value > 0 for e in epochs)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best.ckpt", "spec.json", "mnist1d.card.json", "energy.json", "mlp.csv"} <= artifacts
+
+    e = evaluate_family(params, "mlp", meter)
+    assert 0 <= e["test_acc"] <= 1 and e["energy_per_1k_j"] > 0 and e["latency_ms_per_sample"] > 0
+    (ev,) = _runs(params, "evaluate")
+    assert ev.data.tags["source_run_id"] == run.info.run_id
+    assert "test/acc" in ev.data.metrics and "test/energy_per_1k_j" in ev.data.metrics
+    assert paths.confusion_plot("mlp").stat().st_size > 1000
+
+
+def test_target_accuracy_energy_is_logged_only_when_reached(tiny_params, prepared, meter):
+    reached = train_family(tiny_params(**{"train.target_val_acc": 0.05}), "mlp", meter, prepared)
+    assert reached["epochs_to_target"] == 1 and 0 < reached["energy_to_target_j"] <= reached["energy_j"]
+    never = train_family(tiny_params(**{"train.target_val_acc": 1.0}), "mlp", meter, prepared)
+    assert "energy_to_target_j" not in never and "time_to_target_s" not in never
+
+
+def test_nan_loss_fails_the_run_and_keeps_its_energy(tiny_params, prepared, meter):
+    params = tiny_params(**{"train.optimizer": "sgd", "train.lr": 1e30})
+    with pytest.raises(FloatingPointError, match="train.lr"):
+        train_family(params, "mlp", meter, prepared)
+    (run,) = _runs(params, "train")
+    assert run.info.status == "FAILED"
+    assert "FloatingPointError" in run.data.tags["error"]
+    assert run.data.metrics["energy/total_j"] > 0
+    assert not paths.train_metrics("mlp").exists()
+
+
+def test_macro_f1_on_a_known_confusion_matrix():
+    import numpy as np
+
+    y = np.array([0, 0, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 0])
+    from sklearn.metrics import f1_score
+
+    cm = confusion(y, p, 3)
+    # per-class F1: 1/2, 4/5, 0
+    assert macro_f1(cm) == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert macro_f1(cm) == pytest.approx(f1_score(y, p, average="macro"))
