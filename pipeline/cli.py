@@ -34,11 +34,19 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _meter(params):
+    """Start CodeCarbon's hardware probe now, so it overlaps the heavy imports that follow."""
+    from pipeline.energy import EnergyMeter
+
+    return EnergyMeter(params.energy).prewarm()
+
+
 def cmd_train(args) -> int:
+    params = load_params(args.params)
+    meter = _meter(params)
     from pipeline.training.train import train_family
 
-    params = load_params(args.params)
-    m = train_family(params, args.family)
+    m = train_family(params, args.family, meter)
     energy = f"{m['energy_j']:.1f} J" if "energy_j" in m else "energy unavailable"
     print(f"trained {args.family}: val/acc {m['val_acc']:.4f} (best epoch {m['best_epoch'] + 1}/{m['epochs']}), "
           f"{m['duration_s']:.1f} s, {energy}, {m['params']} params")
@@ -46,10 +54,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    params = load_params(args.params)
+    meter = _meter(params)
     from pipeline.evaluation.evaluate import evaluate_family
 
-    params = load_params(args.params)
-    m = evaluate_family(params, args.family)
+    m = evaluate_family(params, args.family, meter)
     energy = f"{m['energy_per_1k_j']:.3f} J/1k predictions" if "energy_per_1k_j" in m else "energy unavailable"
     print(f"evaluated {args.family}: test/acc {m['test_acc']:.4f}, macro-F1 {m['test_f1_macro']:.4f}, "
           f"{m['latency_ms_per_sample']:.3f} ms/sample, {energy}")

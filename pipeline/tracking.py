@@ -11,7 +11,10 @@ no run is left RUNNING.
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -78,6 +81,9 @@ class Run:
     def __init__(self, client, run_id: str):
         self._client = client
         self.run_id = run_id
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        self._worker_error: BaseException | None = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -86,15 +92,44 @@ class Run:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self._client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import time
-
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, background: bool = False) -> None:
+        """Log a batch of metrics. ``background=True`` hands the write to a worker thread, so a
+        training loop does not wait on the store (a SQLite commit is ~8 ms here); ``flush()``
+        waits for it, and ending the run flushes."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
-        for i in range(0, len(items), 1000):
-            self._client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        batches = [items[i:i + 1000] for i in range(0, len(items), 1000)]
+        if background:
+            self._ensure_worker()
+            for b in batches:
+                self._queue.put(b)
+        else:
+            for b in batches:
+                self._client.log_batch(self.run_id, metrics=b)
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            self._queue = queue.Queue()
+            self._worker = threading.Thread(target=self._drain, name="mlflow-metrics", daemon=True)
+            self._worker.start()
+
+    def _drain(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            try:
+                self._client.log_batch(self.run_id, metrics=batch)
+            except BaseException as err:  # kept and raised by flush(): never dropped silently
+                self._worker_error = self._worker_error or err
+
+    def flush(self) -> None:
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join()
+            self._worker = None
+        if self._worker_error is not None:
+            err, self._worker_error = self._worker_error, None
+            raise err
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -146,10 +181,14 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, str]) -> Iterat
     handle = Run(client, run.info.run_id)
     try:
         yield handle
+        handle.flush()
     except BaseException as err:
         killed = isinstance(err, (KeyboardInterrupt, SystemExit))
         try:
-            handle.set_tags({"error": f"{type(err).__name__}: {err}"})
+            try:
+                handle.flush()
+            finally:
+                handle.set_tags({"error": f"{type(err).__name__}: {err}"})
         finally:
             client.set_terminated(handle.run_id, status="KILLED" if killed else "FAILED")
         raise

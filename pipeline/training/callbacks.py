@@ -40,4 +40,4 @@ class EpochRecorder(pl.Callback):
             self.target_reached = {"epoch": epoch, "time_s": so_far.duration_s, "energy_j": so_far.energy_j}
         self.history.append(row)
         if self.run is not None:
-            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch, background=True)

@@ -190,8 +190,9 @@ def train_family(params: Params, family: str, meter: EnergyMeter | None = None,
         run_info = {"run_id": run.run_id, "family": family, "energy": energy.to_dict(),
                     "flops_note": profile.flops_note, "data_sha256": card["sha256"]}
         (out_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
-        for artifact in (ckpt.best_model_path, out_dir / "spec.json", paths.data_card(card["dataset"]), history_path):
+        for artifact in (ckpt.best_model_path, out_dir / "spec.json", history_path):
             run.log_artifact(artifact)
+        run.log_dict(card, "data_card.json")
         run.log_dict(energy.to_dict(), "energy.json")
 
         metrics_path = paths.train_metrics(family)
