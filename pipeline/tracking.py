@@ -109,6 +109,16 @@ class Run:
             for b in batches:
                 self._client.log_batch(self.run_id, metrics=b)
 
+    def log_metrics_to(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Add metrics to another (finished) run of the same store, e.g. test figures to the
+        training run they evaluate."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None]
+        if items:
+            self._client.log_batch(run_id, metrics=items)
+
     def _ensure_worker(self) -> None:
         if self._worker is None:
             self._queue = queue.Queue()

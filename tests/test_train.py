@@ -58,6 +58,8 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     assert 0 <= e["test_acc"] <= 1 and e["energy_per_1k_j"] > 0 and e["latency_ms_per_sample"] > 0
     (ev,) = _runs(params, "evaluate")
     assert ev.data.tags["source_run_id"] == run.info.run_id
+    (run,) = _runs(params, "train")
+    assert run.data.metrics["test/acc"] == e["test_acc"]  # sortable next to the training energy
     assert "test/acc" in ev.data.metrics and "test/energy_per_1k_j" in ev.data.metrics
     assert paths.confusion_plot("mlp").stat().st_size > 1000
 

@@ -137,6 +137,11 @@ def evaluate_family(params: Params, family: str, meter: EnergyMeter | None = Non
             metrics["inference_mean_power_w"] = energy.mean_power_w
         run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items() if k != "energy_method"})
         run.log_metrics(energy.metrics("energy"))
+        # The training run gets its test figures too, so one row of the MLflow table holds test
+        # accuracy next to training energy, sortable by either.
+        if train_run.get("run_id"):
+            run.log_metrics_to(train_run["run_id"], {
+                "test/acc": acc, "test/f1_macro": f1, "test/energy_per_1k_j": metrics.get("energy_per_1k_j")})
 
         cm_path = paths.confusion_plot(family)
         cm_path.parent.mkdir(parents=True, exist_ok=True)
