@@ -53,14 +53,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    params = load_params(args.params)
+    meter = _meter(params)
+    from pipeline.tuning.tune import tune_family
+
+    m = tune_family(params, args.family, meter)
+    print(f"tuned {args.family}: {m['trials']} trials ({m['trials_complete']} complete, {m['trials_pruned']} pruned, "
+          f"{m['trials_failed']} failed), search {m.get('search_energy_j', float('nan')):.1f} J; chosen trial "
+          f"{m['chosen_trial']} refit to val/acc {m['val_acc']:.4f}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     params = load_params(args.params)
     meter = _meter(params)
     from pipeline.evaluation.evaluate import evaluate_family
 
-    m = evaluate_family(params, args.family, meter)
+    m = evaluate_family(params, args.family, args.variant, meter)
     energy = f"{m['energy_per_1k_j']:.3f} J/1k predictions" if "energy_per_1k_j" in m else "energy unavailable"
-    print(f"evaluated {args.family}: test/acc {m['test_acc']:.4f}, macro-F1 {m['test_f1_macro']:.4f}, "
+    print(f"evaluated {args.family} ({args.variant}): test/acc {m['test_acc']:.4f}, macro-F1 {m['test_f1_macro']:.4f}, "
           f"{m['latency_ms_per_sample']:.3f} ms/sample, {energy}")
     return 0
 
@@ -81,10 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare", help="build the dataset, split it, write data/prepared/ and its card").set_defaults(func=cmd_prepare)
     for name, func, text in (
         ("train", cmd_train, "train one model family (Lightning), measured and tracked"),
+        ("tune", cmd_tune, "Optuna search for one family (every trial measured), then refit the chosen trial"),
         ("evaluate", cmd_evaluate, "evaluate one trained family on the held-out test split"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
+        if name == "evaluate":
+            sp.add_argument("--variant", default="baseline", choices=["baseline", "tuned"],
+                            help="the train stage's model (baseline) or the search's (tuned)")
         sp.set_defaults(func=func)
     sub.add_parser("report", help="compare families: Markdown table, accuracy-vs-energy plot, DVC plot data").set_defaults(func=cmd_report)
     return p

@@ -157,6 +157,94 @@ class TrackingCfg(_Strict):
     tracking_uri: str = ""
 
 
+class Range(_Strict):
+    """A numeric search range; integers when both bounds are integers."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("bounds must be finite numbers")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high}): bounds inverted or equal")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+# A dimension of the search space: a range, or a non-empty list of choices.
+Dimension = Range | list[int | float | str | bool]
+
+_DEFAULT_SPACES: dict[str, dict] = {
+    "train": {"lr": {"low": 3e-4, "high": 1e-2, "log": True}, "optimizer": ["adam", "adamw"],
+              "batch_size": [32, 64, 128]},
+    "mlp": {"width": [128, 256, 512], "depth": {"low": 1, "high": 3}},
+    "cnn": {"channels": [16, 32, 64], "depth": {"low": 2, "high": 4}},
+    "rnn": {"hidden_size": [32, 64, 96]},
+    "transformer": {"d_model": [32, 64], "num_layers": {"low": 1, "high": 2}, "patch_size": [2, 4, 5]},
+}
+
+
+class SearchCfg(_Strict):
+    """How a study runs. Study identity (and so resuming) depends on the space, objective, sampler,
+    pruner and per-trial epochs, not on the budget (n_trials, timeout, energy) or the workers."""
+
+    objective: Literal["accuracy", "accuracy+energy"] = "accuracy"
+    n_trials: int = Field(4, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    # Stop the study once its trials together (pruned and failed included) used this much energy.
+    energy_budget_kwh: float | None = Field(None, gt=0)
+    max_epochs: int = Field(4, ge=1)
+    n_workers: int = Field(1, ge=1, le=64)
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(2, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+    # Multi-objective choice: "knee" (Pareto point nearest the ideal of best accuracy at least
+    # energy, both scaled to [0, 1] over the Pareto set) or "accuracy" (most accurate point).
+    select: Literal["knee", "accuracy"] = "knee"
+    # Empty: sqlite:///<repo>/optuna/studies.db. OPTUNA_STORAGE in the environment wins; a
+    # postgresql://... URL lets workers on several machines share a study.
+    storage: str = ""
+
+
+class SpaceCfg(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    train: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["train"]))
+    mlp: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["mlp"]))
+    cnn: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["cnn"]))
+    rnn: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["rnn"]))
+    transformer: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["transformer"]))
+
+    @model_validator(mode="after")
+    def _keys_exist(self) -> "SpaceCfg":
+        targets = {"train": TrainCfg, "mlp": MLPCfg, "cnn": CNNCfg, "rnn": RNNCfg, "transformer": TransformerCfg}
+        for section, cfg_cls in targets.items():
+            for key, dim in getattr(self, section).items():
+                if key not in cfg_cls.model_fields or key in ("max_epochs", "target_val_acc"):
+                    raise ValueError(f"{section}.{key}: not a searchable parameter of {section}; "
+                                     f"choose from {sorted(k for k in cfg_cls.model_fields if k not in ('max_epochs', 'target_val_acc'))}")
+                if isinstance(dim, list) and not dim:
+                    raise ValueError(f"{section}.{key}: empty list of choices")
+        return self
+
+    def for_family(self, family: str) -> dict[str, Dimension]:
+        return getattr(self, family)
+
+
+class TuneCfg(_Strict):
+    search: SearchCfg = SearchCfg()
+    space: SpaceCfg = SpaceCfg()
+
+
 class Params(_Strict):
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     base: BaseCfg = BaseCfg()
@@ -166,24 +254,37 @@ class Params(_Strict):
     energy: EnergyCfg = EnergyCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     tracking: TrackingCfg = TrackingCfg()
+    tune: TuneCfg = TuneCfg()
 
     @model_validator(mode="after")
     def _unique_families(self) -> "Params":
         if len(set(self.families)) != len(self.families):
             raise ValueError(f"families must not repeat a family, got {self.families}")
+        for family in self.families:
+            if not self.tune.space.train and not self.tune.space.for_family(family):
+                raise ValueError(f"tune.space: empty search space for {family} (tune.space.train and "
+                                 f"tune.space.{family} are both empty)")
         return self
 
 
 def _format_validation_error(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid parameters:"]
+    by_loc: dict[str, list[tuple[str, bool]]] = {}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        # Drop pydantic's own location parts (union branches such as "list[...]" or "function-after[...]").
+        loc = ".".join(str(p) for p in e["loc"] if "[" not in str(p)) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelt?)"
-        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+        elif "input" in e and e["type"] not in ("missing", "value_error") and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {loc}: {msg}")
+        by_loc.setdefault(loc, []).append((msg, e["type"] == "value_error"))
+    lines = [f"{path}: invalid parameters:"]
+    for loc, msgs in by_loc.items():
+        # Of a union's alternatives, our own check says more than "should be a valid list".
+        if any(specific for _, specific in msgs):
+            msgs = [m for m in msgs if m[1]]
+        for msg, _ in dict.fromkeys(msgs):
+            lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
 

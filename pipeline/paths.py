@@ -29,21 +29,36 @@ def data_card(dataset: str) -> Path:
     return PREPARED_DIR / f"{dataset}.card.json"
 
 
-def model_dir(family: str) -> Path:
-    return MODELS_DIR / family
+# A trained model of a family: the ``baseline`` from the train stage, the ``tuned`` one from the
+# search. Later stages address models by (family, variant).
+BASELINE, TUNED = "baseline", "tuned"
+VARIANTS = (BASELINE, TUNED)
+
+
+def study_dir() -> Path:
+    """Default home of the Optuna studies (a shared store like mlruns/, never a DVC output)."""
+    return store_root() / "optuna"
+
+
+def model_dir(family: str, variant: str = BASELINE) -> Path:
+    return MODELS_DIR / family / variant
 
 
 def train_metrics(family: str) -> Path:
     return METRICS_DIR / "train" / f"{family}.json"
 
 
-def evaluate_metrics(family: str) -> Path:
-    return METRICS_DIR / "evaluate" / f"{family}.json"
+def tune_metrics(family: str) -> Path:
+    return METRICS_DIR / "tune" / f"{family}.json"
 
 
-def epoch_plot(family: str) -> Path:
-    return PLOTS_DIR / "epochs" / f"{family}.csv"
+def evaluate_metrics(family: str, variant: str = BASELINE) -> Path:
+    return METRICS_DIR / "evaluate" / f"{family}-{variant}.json"
 
 
-def confusion_plot(family: str) -> Path:
-    return PLOTS_DIR / "confusion" / f"{family}.png"
+def epoch_plot(family: str, variant: str = BASELINE) -> Path:
+    return PLOTS_DIR / "epochs" / f"{family}-{variant}.csv"
+
+
+def confusion_plot(family: str, variant: str = BASELINE) -> Path:
+    return PLOTS_DIR / "confusion" / f"{family}-{variant}.png"

@@ -109,6 +109,9 @@ class Run:
             for b in batches:
                 self._client.log_batch(self.run_id, metrics=b)
 
+    def has_params(self) -> bool:
+        return bool(self._client.get_run(self.run_id).data.params)
+
     def log_metrics_to(self, run_id: str, metrics: dict[str, float]) -> None:
         """Add metrics to another (finished) run of the same store, e.g. test figures to the
         training run they evaluate."""
@@ -183,15 +186,26 @@ def client_for(cfg: TrackingCfg):
 
 
 @contextmanager
-def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, str]) -> Iterator[Run]:
-    """Start a run; end it FINISHED, FAILED (exception) or KILLED (interrupt), never RUNNING."""
+def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: str | None = None,
+                finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[Run]:
+    """Start a run (or reopen ``run_id``); end it FINISHED, FAILED (exception) or KILLED
+    (interrupt), never RUNNING. Exceptions in ``finished_on`` (a pruned trial) end it FINISHED."""
     client, uri = client_for(cfg)
-    exp_id = _experiment_id(client, cfg, uri)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    handle = Run(client, run.info.run_id)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        handle = Run(client, run_id)
+        handle.set_tags(tags)
+    else:
+        exp_id = _experiment_id(client, cfg, uri)
+        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+        handle = Run(client, run.info.run_id)
     try:
         yield handle
         handle.flush()
+    except finished_on:
+        handle.flush()
+        client.set_terminated(handle.run_id, status="FINISHED")
+        raise
     except BaseException as err:
         killed = isinstance(err, (KeyboardInterrupt, SystemExit))
         try:

@@ -18,6 +18,7 @@ TINY = {
     },
     "train": {"max_epochs": 2, "batch_size": 64, "lr": 0.003, "early_stopping_patience": 0, "target_val_acc": 0.2},
     "evaluate": {"latency_samples": 10, "energy_min_duration_s": 0.2},
+    "tune": {"search": {"n_trials": 2, "max_epochs": 1, "startup_trials": 1, "warmup_epochs": 0}},
 }
 
 

@@ -61,26 +61,38 @@ def _client(d):
 
 def test_repro_runs_every_stage_and_tracks_every_run(repo):
     d, env, _, first = repo
-    for stage in ["prepare", "report"] + [f"{s}@{f}" for s in ("train", "evaluate") for f in FAMILIES]:
+    stages = ["prepare", "report"] + [f"{s}@{f}" for s in ("train", "tune") for f in FAMILIES]
+    stages += [f"evaluate@{f}-{v}" for f in FAMILIES for v in ("baseline", "tuned")]
+    for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     for f in FAMILIES:
         train = json.loads((d / "metrics" / "train" / f"{f}.json").read_text())
-        ev = json.loads((d / "metrics" / "evaluate" / f"{f}.json").read_text())
-        assert train["energy_j"] > 0 and 0 <= ev["test_acc"] <= 1 and ev["energy_per_1k_j"] > 0
-        assert (d / "models" / f / "model.pt").is_file()
+        tune = json.loads((d / "metrics" / "tune" / f"{f}.json").read_text())
+        assert train["energy_j"] > 0 and tune["search_energy_j"] > 0 and tune["trials"] == 2
+        for v in ("baseline", "tuned"):
+            ev = json.loads((d / "metrics" / "evaluate" / f"{f}-{v}.json").read_text())
+            assert 0 <= ev["test_acc"] <= 1 and ev["energy_per_1k_j"] > 0
+            assert (d / "models" / f / v / "model.pt").is_file()
     assert (d / "reports" / "report.md").read_text().count("|") > 20
     assert (d / "reports" / "accuracy_vs_energy.png").stat().st_size > 1000
 
     client = _client(d)
     exp = client.get_experiment_by_name("energy-pipeline")
     runs = client.search_runs([exp.experiment_id])
-    by = {(r.data.tags["stage"], r.data.tags["family"]): r for r in runs}
-    assert len(runs) == 8 and set(by) == {(s, f) for s in ("train", "evaluate") for f in FAMILIES}
-    for (stage, _), r in by.items():
-        assert r.info.status == "FINISHED"
-        assert r.data.metrics["energy/total_j"] > 0
-        assert ("final/val_acc" if stage == "train" else "test/acc") in r.data.metrics
-        assert r.data.tags["energy_method"].startswith("cpu=")
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_role = {}
+    for r in runs:
+        by_role.setdefault((r.data.tags["stage"], r.data.tags.get("role", r.data.tags.get("variant"))), []).append(r)
+    assert {k: len(v) for k, v in by_role.items()} == {
+        ("train", "baseline"): 4, ("train", "refit"): 4, ("tune", "study"): 4, ("tune", "trial"): 8,
+        ("evaluate", "baseline"): 4, ("evaluate", "tuned"): 4}
+    for r in runs:
+        if r.data.tags.get("role") != "study":
+            assert r.data.metrics["energy/total_j"] > 0 and r.data.tags["energy_method"].startswith("cpu=")
+    for r in by_role[("train", "baseline")] + by_role[("train", "refit")]:
+        assert "final/val_acc" in r.data.metrics and "test/acc" in r.data.metrics
+    for r in by_role[("tune", "study")]:
+        assert r.data.metrics["search/energy_j"] > 0
 
 
 def test_second_repro_runs_nothing(repo):
@@ -97,7 +109,8 @@ def test_changing_lr_invalidates_train_only(repo):
     params["train"]["lr"] = 0.005
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(sh(["dvc", "status", "--json"], d, env).stdout))
-    assert changed == {f"train@{f}" for f in FAMILIES}  # downstream stages follow their changed deps
+    # train and tune read train.lr; evaluate and report follow their changed deps.
+    assert changed == {f"{s}@{f}" for s in ("train", "tune") for f in FAMILIES}
     params["train"]["lr"] = 0.003
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -109,7 +122,8 @@ def test_dvc_experiment_reruns_downstream_and_shows_accuracy_and_energy(repo):
     run = sh(["dvc", "exp", "run", "-n", "lr-exp", "-S", "train.lr=0.01"], d, env).stdout
     assert "Running stage 'prepare'" not in run
     for f in FAMILIES:
-        assert f"Running stage 'train@{f}'" in run and f"Running stage 'evaluate@{f}'" in run
+        assert f"Running stage 'train@{f}'" in run and f"Running stage 'evaluate@{f}-baseline'" in run
+        assert f"Running stage 'tune@{f}'" in run  # the search refits with train.lr as its base
     assert "Running stage 'report'" in run
     table = sh(["dvc", "exp", "show", "--csv"], d, env).stdout
     rows = list(csv.DictReader(io.StringIO(table)))
@@ -118,4 +132,4 @@ def test_dvc_experiment_reruns_downstream_and_shows_accuracy_and_energy(repo):
     assert any(r.get("Experiment") == "lr-exp" for r in rows)
     runs = _client(d).search_runs([_client(d).get_experiment_by_name("energy-pipeline").experiment_id],
                                   "tags.dvc_exp_name = 'lr-exp'")
-    assert {r.data.tags["stage"] for r in runs} == {"train", "evaluate"} and len(runs) == 8
+    assert {r.data.tags["stage"] for r in runs} == {"train", "tune", "evaluate"}

@@ -52,11 +52,12 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     epochs = client.get_metric_history(run.info.run_id, "energy/epoch_j")
     assert [e.step for e in epochs] == [0, 1] and all(e.value > 0 for e in epochs)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"best.ckpt", "spec.json", "data_card.json", "energy.json", "mlp.csv"} <= artifacts
+    assert {"best.ckpt", "spec.json", "data_card.json", "energy.json", "mlp-baseline.csv"} <= artifacts
 
-    e = evaluate_family(params, "mlp", meter)
+    e = evaluate_family(params, "mlp", meter=meter)
     assert 0 <= e["test_acc"] <= 1 and e["energy_per_1k_j"] > 0 and e["latency_ms_per_sample"] > 0
     (ev,) = _runs(params, "evaluate")
+    assert ev.data.tags["variant"] == "baseline"
     assert ev.data.tags["source_run_id"] == run.info.run_id
     (run,) = _runs(params, "train")
     assert run.data.metrics["test/acc"] == e["test_acc"]  # sortable next to the training energy

@@ -23,13 +23,15 @@ from pipeline.models.factory import ModelSpec, build_model
 from pipeline.tracking import base_tags, tracked_run
 
 
-def load_trained(family: str) -> tuple[nn.Module, ModelSpec, dict]:
+def load_trained(family: str, variant: str = paths.BASELINE) -> tuple[nn.Module, ModelSpec, dict]:
     """Rebuild a trained model from its spec; weights are loaded weights-only (no pickle code)."""
-    d = paths.model_dir(family)
+    d = paths.model_dir(family, variant)
     files = [d / "spec.json", d / "model.pt", d / "run.json"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise DataError(f"{', '.join(missing)}: trained model not found; run `python -m pipeline train --family {family}` first")
+        stage = "train" if variant == paths.BASELINE else "tune"
+        raise DataError(f"{', '.join(missing)}: trained model not found; "
+                        f"run `python -m pipeline {stage} --family {family}` first")
     spec = ModelSpec.from_dict(json.loads(files[0].read_text()))
     model = build_model(spec)
     model.load_state_dict(torch.load(files[1], map_location="cpu", weights_only=True))
@@ -94,18 +96,20 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_family(params: Params, family: str, meter: EnergyMeter | None = None) -> dict:
+def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
+                    meter: EnergyMeter | None = None) -> dict:
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     torch.manual_seed(params.base.seed)
     prepared = load_prepared(params.data.dataset)
-    model, spec, train_run = load_trained(family)
+    model, spec, train_run = load_trained(family, variant)
     x = torch.from_numpy(prepared.arrays["x_test"]).float()
     y = prepared.arrays["y_test"]
     bs = params.evaluate.batch_size
     card = prepared.card
     tags = base_tags("evaluate", family, card["sha256"])
     tags["source_run_id"] = train_run.get("run_id", "unknown")
-    with tracked_run(params.tracking, f"evaluate-{family}", tags) as run:
+    tags["variant"] = variant
+    with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:
         run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
         y_pred = predict(model, x, bs).numpy()
         cm = confusion(y, y_pred, spec.num_classes)
@@ -143,12 +147,12 @@ def evaluate_family(params: Params, family: str, meter: EnergyMeter | None = Non
             run.log_metrics_to(train_run["run_id"], {
                 "test/acc": acc, "test/f1_macro": f1, "test/energy_per_1k_j": metrics.get("energy_per_1k_j")})
 
-        cm_path = paths.confusion_plot(family)
+        cm_path = paths.confusion_plot(family, variant)
         cm_path.parent.mkdir(parents=True, exist_ok=True)
-        paths.evaluate_metrics(family).parent.mkdir(parents=True, exist_ok=True)
-        plot_confusion(cm, f"{family}: test accuracy {acc:.3f}", cm_path)
+        paths.evaluate_metrics(family, variant).parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(cm, f"{family} ({variant}): test accuracy {acc:.3f}", cm_path)
         run.log_artifact(cm_path)
         run.log_dict({"labels": list(range(spec.num_classes)), "matrix": cm.tolist()}, "confusion_matrix.json")
         run.log_dict(energy.to_dict(), "energy.json")
-        paths.evaluate_metrics(family).write_text(json.dumps(metrics, indent=2) + "\n")
+        paths.evaluate_metrics(family, variant).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

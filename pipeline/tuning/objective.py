@@ -1,0 +1,81 @@
+"""One trial = one measured, tracked training run (a nested MLflow run under the study's run).
+
+Every trial's energy is measured on its own, from its start to its end, and stored on the trial
+(``energy_kwh`` user attribute) and its MLflow run, whether it completes, is pruned or fails.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+from pipeline.config import Params
+from pipeline.data.prepare import Prepared
+from pipeline.energy import EnergyMeter
+from pipeline.tracking import base_tags, tracked_run
+from pipeline.training.train import FitResult, fit
+from pipeline.tuning.space import sample
+from pipeline.tuning.study import ENERGY_ATTR
+
+
+class Objective:
+    def __init__(self, params: Params, family: str, prepared: Prepared, meter: EnergyMeter,
+                 parent_run_id: str, study_name: str, worker: int = 0, echo=print):
+        self.params, self.family, self.prepared, self.meter = params, family, prepared, meter
+        self.parent_run_id, self.study_name, self.worker = parent_run_id, study_name, worker
+        self.multi = params.tune.search.objective != "accuracy"
+        self.echo = echo
+
+    def _pruning_callback(self, trial):
+        # optuna-integration's callback imports lightning.pytorch: the same package as our Trainer.
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        return PyTorchLightningPruningCallback(trial, monitor="val/acc")
+
+    def __call__(self, trial: optuna.Trial):
+        train_cfg, hparams = sample(trial, self.params, self.family, self.params.tune.search.max_epochs)
+        tags = {
+            **base_tags("tune", self.family, self.prepared.card["sha256"]),
+            "mlflow.parentRunId": self.parent_run_id,
+            "role": "trial",
+            "study": self.study_name,
+            "trial_number": trial.number,
+            "worker": self.worker,
+            "energy_attribution": "process: this worker's own CPU load (CodeCarbon process mode)",
+        }
+        result = FitResult()
+        state = "FAILED"
+        t0 = time.perf_counter()
+        callbacks = [] if self.multi else [self._pruning_callback(trial)]
+        with tracked_run(self.params.tracking, f"trial-{self.family}-{trial.number}", tags,
+                         finished_on=(optuna.TrialPruned,)) as run:
+            try:
+                with tempfile.TemporaryDirectory(prefix="trial-") as tmp:
+                    fit(self.params, self.family, self.prepared, self.meter, run, Path(tmp),
+                        train_cfg=train_cfg, hparams=hparams, extra_callbacks=callbacks, result=result)
+                state = "COMPLETE"
+            except optuna.TrialPruned:
+                state = "PRUNED"
+                raise
+            finally:
+                energy = result.energy
+                trial.set_user_attr("duration_s", time.perf_counter() - t0)
+                trial.set_user_attr("mlflow_run_id", run.run_id)
+                trial.set_user_attr("worker", self.worker)
+                if energy is not None and energy.energy_kwh is not None:
+                    trial.set_user_attr(ENERGY_ATTR, energy.energy_kwh)
+                    trial.set_user_attr("emissions_kg", energy.emissions_kg)
+                run.set_tags({"trial_state": state})
+                acc = result.metrics.get("val_acc", max((r.get("val/acc", 0) for r in result.history), default=None))
+                joules = "n/a" if energy is None or energy.energy_j is None else f"{energy.energy_j:.1f} J"
+                self.echo(f"[{self.family}] trial {trial.number} {state}: val/acc "
+                          f"{'n/a' if acc is None else f'{acc:.4f}'}, {joules}, "
+                          f"{len(result.history)} epochs, {trial.params}")
+        val_acc = result.metrics["val_acc"]
+        if self.multi:
+            if result.energy.energy_kwh is None:
+                raise RuntimeError("energy measurement unavailable: cannot minimise energy")
+            return val_acc, result.energy.energy_kwh
+        return val_acc

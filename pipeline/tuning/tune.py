@@ -1,0 +1,229 @@
+"""The ``tune`` stage: an Optuna study per family, then a refit of the chosen trial.
+
+The study lives in persistent storage (SQLite in the project by default, PostgreSQL for workers
+on several machines) and is loaded if it exists, so an interrupted stage resumes it. Its parent
+MLflow run carries the search's settings, its total energy and emissions (failed and pruned
+trials included) and Optuna's plots; each trial is a nested run. ``tune.search.n_workers``
+processes share the study; each measures its own trials in CodeCarbon's process mode.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.config import Params
+from pipeline.data.prepare import Prepared, load_prepared
+from pipeline.energy import J_PER_KWH, EnergyMeter
+from pipeline.tracking import base_tags, client_for, tracked_run
+from pipeline.training.train import export_run, fit, write_metrics
+from pipeline.tuning import study as st
+from pipeline.tuning.space import split_params
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial replaces its INFO lines
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*quantiles select the same set of trials.*")
+
+
+def _finished(study) -> int:
+    import optuna
+
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) if study else 0
+
+
+def run_worker(params: Params, family: str, url: str, quota: int, worker: int, n_workers: int,
+               prepared: Prepared | None = None, meter: EnergyMeter | None = None, progress=None) -> None:
+    """Run ``quota`` trials of the family's study in this process."""
+    import torch
+
+    _quiet_optuna()
+    if n_workers > 1:  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+    meter = (meter or EnergyMeter(params.energy)).prewarm()
+    prepared = prepared or load_prepared(params.data.dataset)
+    from pipeline.tuning.objective import Objective
+
+    storage = st.open_storage(url)
+    study = st.load_study(params, family, prepared.card["sha256"], storage, worker)
+    budget = st.EnergyBudget(params.tune.search.energy_budget_kwh)
+    if budget.reached(study):
+        return
+    objective = Objective(params, family, prepared, meter, study.user_attrs["mlflow_parent_run_id"],
+                          study.study_name, worker, echo=lambda m: print(m, flush=True))
+    callbacks = [budget]
+    if progress is not None:
+        callbacks.append(lambda s, t: progress(_finished(s)))
+    study.optimize(objective, n_trials=quota, timeout=params.tune.search.timeout_s, callbacks=callbacks,
+                   catch=(Exception,), gc_after_trial=False)
+
+
+def _worker_entry(*args) -> None:  # a spawned worker process
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_worker(*args)
+
+
+def _quotas(remaining: int, n_workers: int) -> list[int]:
+    base, extra = divmod(remaining, n_workers)
+    return [base + (i < extra) for i in range(n_workers)]
+
+
+def _save_plots(study, multi: bool, out: Path) -> list[Path]:
+    """Optuna's own plots (matplotlib backend, no network). Skipped where Optuna cannot draw
+    them (e.g. importances need two finished trials)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ov
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = (lambda t: t.values[0]) if multi else None
+    jobs = {"optimization_history": lambda: ov.plot_optimization_history(study, target=target, target_name="val/acc"),
+            "param_importances": lambda: ov.plot_param_importances(study, target=target, target_name="val/acc")}
+    if multi:
+        jobs["pareto_front"] = lambda: ov.plot_pareto_front(study, target_names=["val/acc", "energy (kWh)"])
+    saved = []
+    for name, draw in jobs.items():
+        try:
+            ax = draw()
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            saved.append(out / f"{name}.png")
+        except Exception as err:
+            log.info("plot %s skipped: %s", name, err)
+    return saved
+
+
+def _parent_run_id(params: Params, study) -> str | None:
+    """The study's MLflow run, if it exists in this store (a resumed study keeps its run)."""
+    run_id = study.user_attrs.get("mlflow_parent_run_id")
+    if not run_id:
+        return None
+    client, _ = client_for(params.tracking)
+    try:
+        client.get_run(run_id)
+        return run_id
+    except Exception:
+        return None
+
+
+def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
+                prepared: Prepared | None = None) -> dict:
+    import optuna
+
+    _quiet_optuna()
+    meter = (meter or EnergyMeter(params.energy)).prewarm()
+    prepared = prepared or load_prepared(params.data.dataset)
+    card = prepared.card
+    search = params.tune.search
+    url = st.storage_url(params)
+    storage = st.open_storage(url)
+    study = st.load_study(params, family, card["sha256"], storage)
+    multi = search.objective != "accuracy"
+    tags = {**base_tags("tune", family, card["sha256"]), "role": "study", "study": study.study_name,
+            "storage": st.redact(url), "objective": search.objective,
+            "pruning": "none (multi-objective studies cannot prune; early stopping still applies)" if multi
+            else f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc"}
+    t0 = time.perf_counter()
+    with tracked_run(params.tracking, f"tune-{family}", tags, run_id=_parent_run_id(params, study)) as parent:
+        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        # Params are fixed for a run's life: log what defines the study; the budget may grow on
+        # a resumed study, so it goes in tags.
+        budget = {"n_trials", "timeout_s", "energy_budget_kwh", "n_workers", "storage"}
+        if not parent.has_params():
+            parent.log_params({"search": search.model_dump(exclude=budget),
+                               "space": {"train": st._dump(params.tune.space.train),
+                                         "model": st._dump(params.tune.space.for_family(family))}})
+        parent.set_tags({f"budget.{k}": getattr(search, k) for k in sorted(budget - {"storage"})})
+        optuna.storages.fail_stale_trials(study)
+        done = sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        remaining = max(0, search.n_trials - done)
+        print(f"[{family}] study {study.study_name} ({st.redact(url)}): {done} trials done, "
+              f"{remaining} to run on {search.n_workers} worker(s)", flush=True)
+        if remaining:
+            quotas = [q for q in _quotas(remaining, search.n_workers) if q]
+            bar = None
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+
+                bar = tqdm(total=search.n_trials, initial=done, desc=f"tune {family}", unit="trial")
+            progress = (lambda n: (setattr(bar, "n", n), bar.refresh())) if bar else None
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_worker_entry, args=(params, family, url, q, i, len(quotas)), daemon=False)
+                     for i, q in enumerate(quotas[1:], start=1)]
+            for p in procs:
+                p.start()
+            try:
+                run_worker(params, family, url, quotas[0], 0, len(quotas), prepared, meter, progress)
+            finally:
+                for p in procs:
+                    p.join()
+                if bar:
+                    bar.close()
+            failed_workers = [p.exitcode for p in procs if p.exitcode]
+            if failed_workers:
+                log.warning("%d search worker(s) exited with an error: %s", len(failed_workers), failed_workers)
+
+        trials = study.get_trials(deepcopy=False)
+        counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+        spent_kwh = st.spent_kwh(study)
+        emissions = sum(t.user_attrs.get("emissions_kg") or 0.0 for t in trials)
+        parent.log_metrics({"search/energy_kwh": spent_kwh, "search/energy_j": spent_kwh * J_PER_KWH,
+                            "search/emissions_kg": emissions, **{f"search/trials_{k}": v for k, v in counts.items()}})
+        chosen, front = st.select_trial(study, params)
+        train_over, model_over = split_params(chosen.params)
+        parent.log_params({f"best_{k}": v for k, v in chosen.params.items()})
+        parent.log_metrics({"best/val_acc": chosen.values[0], "best/trial": chosen.number})
+
+        # Refit the chosen configuration with the full training budget, as the tuned model.
+        train_cfg = type(params.train).model_validate({**params.train.model_dump(), **train_over})
+        hparams = {**params.models.for_family(family).model_dump(), **model_over}
+        refit_tags = {**base_tags("train", family, card["sha256"]), "variant": paths.TUNED, "role": "refit",
+                      "mlflow.parentRunId": parent.run_id, "study": study.study_name, "chosen_trial": chosen.number}
+        with tracked_run(params.tracking, f"refit-{family}", refit_tags) as refit:
+            result = fit(params, family, prepared, meter, refit, paths.model_dir(family, paths.TUNED),
+                         train_cfg=train_cfg, hparams=hparams)
+            export_run(result, refit, family, paths.TUNED, card,
+                       extra={"study": study.study_name, "chosen_trial": chosen.number, "params": chosen.params})
+
+        out = paths.model_dir(family, paths.TUNED)
+        st.write_json({"study": study.study_name, "storage": st.redact(url), "objective": search.objective,
+                       "chosen": st.trial_summary(chosen), "pareto_front": [st.trial_summary(t) for t in front],
+                       "trials": [st.trial_summary(t) for t in trials]}, out / "study.json")
+        for png in _save_plots(study, multi, out / "plots"):
+            parent.log_artifact(png, "plots")
+        parent.log_artifact(out / "study.json")
+
+        refit_m = result.metrics
+        metrics = {
+            "objective": search.objective,
+            "trials": len(trials), "trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
+            "trials_failed": counts["fail"],
+            "search_energy_j": spent_kwh * J_PER_KWH, "search_energy_kwh": spent_kwh,
+            "search_emissions_kg": emissions,
+            "stage_duration_s": time.perf_counter() - t0,
+            "chosen_trial": chosen.number, "chosen_trial_val_acc": chosen.values[0],
+            "pareto_size": len(front),
+            **{f"best.{k}": v for k, v in chosen.params.items()},
+            # The refit of the chosen trial, under the train stage's names, so both compare alike.
+            **refit_m,
+        }
+        if multi:
+            metrics["chosen_trial_energy_kwh"] = chosen.values[1]
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        write_metrics(metrics, paths.tune_metrics(family))
+    return metrics

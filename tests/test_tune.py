@@ -1,0 +1,152 @@
+"""The search stage on tiny studies: trials measured and tracked, pruning, resuming, workers."""
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from pipeline import paths
+from pipeline.config import parse_params
+from pipeline.data.prepare import prepare, save
+from pipeline.tracking import client_for
+from pipeline.tuning import study as st
+from pipeline.tuning.tune import tune_family
+
+from .conftest import tiny_raw
+
+TINY_SEARCH = {
+    "tune": {
+        "search": {"n_trials": 3, "max_epochs": 2, "startup_trials": 1, "warmup_epochs": 0},
+        "space": {"train": {"lr": {"low": 0.001, "high": 0.01, "log": True}},
+                  "mlp": {"width": [16, 32]}},
+    }
+}
+
+
+def tune_params(**overrides):
+    raw = tiny_raw()
+    raw["tune"] = {"search": dict(TINY_SEARCH["tune"]["search"]), "space": dict(TINY_SEARCH["tune"]["space"])}
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_params(raw)
+
+
+@pytest.fixture
+def prepared(workdir):
+    p = prepare(tune_params())
+    save(p, "mnist1d")
+    return p
+
+
+def _study(params, prepared):
+    return optuna.load_study(study_name=st.study_name(params, "mlp", prepared.card["sha256"]),
+                             storage=st.storage_url(params))
+
+
+def _runs(params, filter_string):
+    client, _ = client_for(params.tracking)
+    exp = client.get_experiment_by_name(params.tracking.experiment_name)
+    return client.search_runs([exp.experiment_id], filter_string)
+
+
+def test_tiny_study_measures_and_tracks_every_trial(prepared, meter):
+    params = tune_params()
+    m = tune_family(params, "mlp", meter, prepared)
+    assert m["trials"] == 3 and m["search_energy_j"] > 0 and m["val_acc"] > 0
+    study = _study(params, prepared)
+    assert len(study.trials) == 3
+    assert all(t.user_attrs["energy_kwh"] > 0 for t in study.trials)
+    assert m["search_energy_kwh"] == pytest.approx(sum(t.user_attrs["energy_kwh"] for t in study.trials))
+
+    (parent,) = _runs(params, "tags.role = 'study'")
+    trials = _runs(params, "tags.role = 'trial'")
+    assert len(trials) == 3
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert all(r.data.metrics["energy/total_j"] > 0 for r in trials)
+    assert {r.data.tags["trial_state"] for r in trials} <= {"COMPLETE", "PRUNED"}
+    assert parent.data.metrics["search/energy_j"] == pytest.approx(m["search_energy_j"])
+    (refit,) = _runs(params, "tags.role = 'refit'")
+    assert refit.data.tags["variant"] == "tuned"
+    assert (paths.model_dir("mlp", "tuned") / "model.pt").is_file()
+    saved = json.loads((paths.model_dir("mlp", "tuned") / "study.json").read_text())
+    assert saved["chosen"]["number"] == m["chosen_trial"]
+    artifacts = {a.path for a in client_for(params.tracking)[0].list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+
+
+def test_pruned_trial_keeps_its_energy(prepared, meter):
+    # A pruner that always prunes after the first reported epoch.
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    params = tune_params(**{"tune.search.n_trials": 2})
+    import pipeline.tuning.study as study_mod
+
+    orig = study_mod.make_pruner
+    study_mod.make_pruner = lambda p: Always()
+    try:
+        with pytest.raises(RuntimeError, match="no trial completed"):
+            tune_family(params, "mlp", meter, prepared)
+    finally:
+        study_mod.make_pruner = orig
+    study = _study(params, prepared)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    assert all(t.user_attrs["energy_kwh"] > 0 for t in study.trials)
+    runs = _runs(params, "tags.role = 'trial'")
+    assert {r.data.tags["trial_state"] for r in runs} == {"PRUNED"}
+    assert all(r.info.status == "FINISHED" and r.data.metrics["energy/total_j"] > 0 for r in runs)
+
+
+def test_resumed_study_keeps_its_trials(prepared, meter):
+    first = tune_params(**{"tune.search.n_trials": 2})
+    tune_family(first, "mlp", meter, prepared)
+    numbers = [t.number for t in _study(first, prepared).trials]
+    # Asking for more trials continues the same study (same name) instead of starting over.
+    more = tune_params(**{"tune.search.n_trials": 3})
+    assert st.study_name(more, "mlp", prepared.card["sha256"]) == st.study_name(first, "mlp", prepared.card["sha256"])
+    m = tune_family(more, "mlp", meter, prepared)
+    study = _study(more, prepared)
+    assert [t.number for t in study.trials][:2] == numbers and len(study.trials) == 3 == m["trials"]
+    assert len(_runs(more, "tags.role = 'study'")) == 1  # one parent run across both invocations
+
+
+def test_energy_budget_stops_the_study(prepared, meter):
+    params = tune_params(**{"tune.search.n_trials": 10, "tune.search.energy_budget_kwh": 1e-9})
+    m = tune_family(params, "mlp", meter, prepared)
+    assert m["trials"] == 1  # the first trial alone spends more than the budget
+
+
+def test_multi_objective_returns_a_pareto_set(prepared, meter):
+    params = tune_params(**{"tune.search.objective": "accuracy+energy"})
+    m = tune_family(params, "mlp", meter, prepared)
+    study = _study(params, prepared)
+    assert len(study.directions) == 2 and m["pareto_size"] == len(study.best_trials) >= 1
+    assert m["chosen_trial"] in {t.number for t in study.best_trials}
+
+
+def test_two_workers_finish_exactly_n_trials(prepared, meter):
+    params = tune_params(**{"tune.search.n_trials": 4, "tune.search.n_workers": 2})
+    m = tune_family(params, "mlp", meter, prepared)
+    study = _study(params, prepared)
+    assert m["trials"] == 4 and len(study.trials) == 4
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
+    workers = {r.data.tags["worker"] for r in _runs(params, "tags.role = 'trial'")}
+    assert workers == {"0", "1"}
+
+
+def test_knee_picks_the_balanced_point():
+    # accuracy, energy: the middle point is nearest to (best accuracy, least energy)
+    assert st.knee([(0.5, 1.0), (0.9, 2.0), (0.92, 10.0)]) == 1
+    assert st.knee([(0.8, 1.0)]) == 0
+
+
+def test_storage_password_is_redacted():
+    assert st.redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
