@@ -150,3 +150,43 @@ def test_knee_picks_the_balanced_point():
 
 def test_storage_password_is_redacted():
     assert st.redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
+
+
+PG_URL = "postgresql://postgres:s3cret@127.0.0.1:5432/test"  # trust auth: the password is ignored
+
+
+def _postgres_or_skip():
+    import sqlalchemy as sa
+
+    try:
+        with sa.create_engine(PG_URL).connect():
+            pass
+    except Exception as err:
+        pytest.skip(f"no PostgreSQL server answers at 127.0.0.1:5432 ({type(err).__name__})")
+
+
+@pytest.mark.postgres
+def test_two_workers_share_a_study_in_postgresql(prepared, meter, capsys):
+    import uuid
+
+    _postgres_or_skip()
+    params = tune_params(**{"tune.search.n_trials": 4, "tune.search.n_workers": 2,
+                            "tune.search.storage": PG_URL, "tracking.experiment_name": f"pg-{uuid.uuid4().hex[:8]}"})
+    name = st.study_name(params, "mlp", prepared.card["sha256"])
+    try:
+        m = tune_family(params, "mlp", meter, prepared)
+        study = optuna.load_study(study_name=name, storage=PG_URL)
+        assert m["trials"] == 4 and sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+        assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
+        assert all(t.state.is_finished() for t in study.trials)
+        # The password never leaves the URL: not in tags, params, files or output.
+        (parent,) = _runs(params, "tags.role = 'study'")
+        assert parent.data.tags["storage"] == "postgresql://postgres:***@127.0.0.1:5432/test"
+        texts = [json.dumps(parent.data.tags), json.dumps(parent.data.params), capsys.readouterr().out,
+                 paths.tune_metrics("mlp").read_text(), (paths.model_dir("mlp", "tuned") / "study.json").read_text()]
+        assert not any("s3cret" in t for t in texts)
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=PG_URL)
+        except KeyError:
+            pass
