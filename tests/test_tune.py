@@ -1,8 +1,5 @@
 """The search stage on tiny studies: trials measured and tracked, pruning, resuming, workers."""
 import json
-import os
-import subprocess
-import sys
 
 import optuna
 import pytest

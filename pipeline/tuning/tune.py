@@ -37,8 +37,6 @@ def _quiet_optuna() -> None:
 
 
 def _finished(study) -> int:
-    import optuna
-
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) if study else 0
 
 
