@@ -7,12 +7,14 @@ exit with status 2; an interrupt exits 130.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from pipeline.config import FAMILIES, ParamsError, load_params
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -25,7 +27,7 @@ def _family(value: str) -> str:
 def cmd_prepare(args) -> int:
     from pipeline.data.prepare import prepare, save
 
-    params = load_params(args.params)
+    params = load_params(args.params, args.profile)
     prepared = prepare(params)
     data_path, card_path = save(prepared, params.data.dataset)
     card = prepared.card
@@ -42,7 +44,7 @@ def _meter(params):
 
 
 def cmd_train(args) -> int:
-    params = load_params(args.params)
+    params = load_params(args.params, args.profile)
     meter = _meter(params)
     from pipeline.training.train import train_family
 
@@ -54,7 +56,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    params = load_params(args.params)
+    params = load_params(args.params, args.profile)
     meter = _meter(params)
     from pipeline.tuning.tune import tune_family
 
@@ -66,7 +68,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    params = load_params(args.params)
+    params = load_params(args.params, args.profile)
     meter = _meter(params)
     from pipeline.evaluation.evaluate import evaluate_family
 
@@ -77,18 +79,84 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from pipeline.reporting.report import write_report
+def cmd_compress(args) -> int:
+    params = load_params(args.params, args.profile)
+    meter = _meter(params)
+    from pipeline.compression.compress import compress_family
 
-    params = load_params(args.params)
-    out = write_report(params)
-    print(f"report written: {out}")
+    for source in [args.source] if args.source else params.compress.sources:
+        m = compress_family(params, args.family, source, meter)
+        ref = m["reference"]
+        print(f"compressed {args.family} ({source}): {len(m['variants'])} variants, {len(m['skipped'])} skipped; "
+              f"source test/acc {ref['test_acc']:.4f}, {ref.get('energy_per_1k_j', float('nan')):.3f} J/1k predictions; "
+              f"{m['stage_duration_s']:.1f} s")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    params = load_params(args.params, args.profile)
+    meter = _meter(params)
+    from pipeline.sweep import sweep_point
+
+    m = sweep_point(params, args.family, args.width, args.depth, meter)
+    energy = f"{m['energy_j']:.1f} J" if "energy_j" in m else "energy unavailable"
+    print(f"sweep {args.family} width x{args.width} depth x{args.depth} ({m['params']} params): "
+          f"test/acc {m['test_acc']:.4f}, training {energy}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """``compare`` and the ``report`` stage (the same code, the same default scope)."""
+    import gc
+
+    # The command allocates about a million small objects (MLflow's ORM rows, matplotlib
+    # artists) and frees them when it ends: the cyclic collector's passes took a quarter of its
+    # CPU time over 1,000 runs and reclaimed nothing that matters.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compare(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compare(args) -> int:
+    from pipeline.reporting.compare import Filters, parse_when, resolve_commit
+    from pipeline.reporting.report import load, write_outputs
+
+    params = load_params(args.params, args.profile)
+    filters = Filters(
+        experiments=args.experiment, all_experiments=args.all_experiments, families=args.family,
+        stages=args.stage, commits=[resolve_commit(c) for c in args.commit], dvc_exps=args.dvc_exp,
+        since_ms=None if args.since is None else parse_when(args.since),
+        until_ms=None if args.until is None else parse_when(args.until),
+        top=args.top, all_runs=args.all_runs)
+    cmp = load(params, filters)
+    extra = []
+    if args.command == "report":  # the compress stage's own details, from its metrics files
+        from pipeline.compression.summary import compression_section
+        from pipeline.reporting.render import Section
+
+        text = compression_section(params, args.out)
+        if text:
+            title, _, body = text.partition("\n")
+            extra.append(Section(title.lstrip("# ").strip(), body.strip() + "\n", args.out))
+    written = write_outputs(cmp, args.out, extra)
+    knee = cmp.knees["train"]
+    best = f"; knee (training energy): {cmp.rows[knee]['label']}, test/acc {cmp.rows[knee]['test_acc']:.4f} " \
+           f"for {cmp.rows[knee]['train_energy_j']:.1f} J" if knee is not None else ""
+    print(f"compared {len(cmp.rows)} models ({cmp.runs_read} runs, {len(cmp.groups)} groups){best}")
+    print(f"written: {written['html']}, {written['markdown']}, "
+          f"{', '.join(str(p) for k, p in written.items() if k not in ('html', 'markdown'))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    p.add_argument("--profile", type=Path, action="append", default=[], metavar="FILE",
+                   help="partial params file merged on top (repeatable), e.g. profiles/search-large.yaml")
     sub = p.add_subparsers(dest="command", required=True, metavar="<stage>")
     sub.add_parser("prepare", help="build the dataset, split it, write data/prepared/ and its card").set_defaults(func=cmd_prepare)
     for name, func, text in (
@@ -102,7 +170,45 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--variant", default="baseline", choices=["baseline", "tuned"],
                             help="the train stage's model (baseline) or the search's (tuned)")
         sp.set_defaults(func=func)
-    sub.add_parser("report", help="compare families: Markdown table, accuracy-vs-energy plot, DVC plot data").set_defaults(func=cmd_report)
+    sp = sub.add_parser("compress", help="int8 quantization, pruning and distillation variants of one family's "
+                        "trained model(s), each measured like evaluate and tracked")
+    sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
+    sp.add_argument("--source", default=None, choices=["baseline", "tuned"],
+                    help="the model to compress (default: every one in compress.sources)")
+    sp.set_defaults(func=cmd_compress)
+    sp = sub.add_parser("sweep", help="one point of a family's model-size sweep: train with width and depth "
+                        "multiplied, then test (the sweep stage's matrix runs every point of params.yaml's sweep)")
+    sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
+    sp.add_argument("--width", default="1", help="width factor (mlp width, cnn channels, rnn hidden_size, "
+                    "transformer d_model), e.g. 0.5 or 2")
+    sp.add_argument("--depth", default="1", help="depth factor (layers), e.g. 1 or 2")
+    sp.set_defaults(func=cmd_sweep)
+    for name, text in (
+        ("compare", "compare models across families, searches, DVC experiments and commits (reads MLflow, "
+                    "never retrains): Pareto fronts, tables, HTML + Markdown report"),
+        ("report", "the report stage: compare with the default scope into reports/"),
+    ):
+        sp = sub.add_parser(name, help=text, description=text + ". Filters of different kinds combine (and); "
+                            "repeated values of one kind are alternatives (or).")
+        sp.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                        help="MLflow experiment to read (repeatable; default: tracking.experiment_name)")
+        sp.add_argument("--all-experiments", action="store_true", help="read every MLflow experiment of the store")
+        sp.add_argument("--family", action="append", default=[], type=_family, metavar="F",
+                        help=f"only this family (repeatable): {', '.join(FAMILIES)}")
+        sp.add_argument("--stage", action="append", default=[], metavar="S",
+                        help="only models made by this stage (repeatable): train, tune, sweep, compress")
+        sp.add_argument("--commit", action="append", default=[], metavar="SHA",
+                        help="only runs at this git commit: a hash prefix or a ref such as HEAD (repeatable)")
+        sp.add_argument("--dvc-exp", action="append", default=[], metavar="NAME",
+                        help="only runs of this DVC experiment (repeatable; 'workspace': runs outside any)")
+        sp.add_argument("--since", metavar="WHEN", help="runs started at or after WHEN: a date (2026-11-20, "
+                        "2026-11-20T14:30) or a duration back from now (90m, 12h, 3d, 2w)")
+        sp.add_argument("--until", metavar="WHEN", help="runs started at or before WHEN (same forms as --since)")
+        sp.add_argument("--top", type=int, metavar="N", help="keep the N most accurate models (N >= 1)")
+        sp.add_argument("--all-runs", action="store_true",
+                        help="keep every run (default: the latest run per model in each DVC experiment or commit)")
+        sp.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+        sp.set_defaults(func=cmd_compare)
     return p
 
 
@@ -110,7 +216,51 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     args = build_parser().parse_args(argv)
+    from pipeline import interrupts
+
+    interrupts.install()  # SIGTERM ends runs like Ctrl-C: KILLED in MLflow, exit 130
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    created = [p for p in _outputs(args) if not p.exists()]
+    code = EXIT_FAILED
+    try:
+        code = _run(args)
+        return code
+    finally:
+        if code != 0:
+            _remove(created)
+
+
+def _outputs(args) -> list[Path]:
+    """What the command writes for DVC (the study storage and MLflow store are not outputs)."""
+    from pipeline import paths
+
+    family = getattr(args, "family", None)
+    if args.command == "prepare":
+        return [paths.PREPARED_DIR]
+    if args.command == "train":
+        return [paths.model_dir(family), paths.train_metrics(family), paths.epoch_plot(family)]
+    if args.command == "tune":
+        return [paths.model_dir(family, paths.TUNED), paths.tune_metrics(family), paths.epoch_plot(family, paths.TUNED)]
+    if args.command == "compress":
+        sources = [args.source] if args.source else [paths.BASELINE, paths.TUNED]
+        return [p for source in sources for p in (paths.compressed_dir(family, source), paths.compress_metrics(family, source))]
+    if args.command == "evaluate":
+        return [paths.evaluate_metrics(family, args.variant), paths.confusion_plot(family, args.variant)]
+    return []
+
+
+def _remove(created: list[Path]) -> None:
+    """A failed or interrupted command removes the outputs it created, so no half-written output
+    is left (under DVC, whose outputs are removed before a stage runs, that is all of them).
+    Outputs that existed before are left as they were: their files are written whole, at the end."""
+    for p in created:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except ParamsError as err:
@@ -125,4 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, DataError):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        from pipeline.training.module import NonFiniteLoss
+
+        if isinstance(err, NonFiniteLoss):  # the MLflow run is FAILED with this error as its tag
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_FAILED
         raise

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 FAMILIES = ("mlp", "cnn", "rnn", "transformer")
 Family = Literal["mlp", "cnn", "rnn", "transformer"]
@@ -210,6 +210,12 @@ class SearchCfg(_Strict):
     # Multi-objective choice: "knee" (Pareto point nearest the ideal of best accuracy at least
     # energy, both scaled to [0, 1] over the Pareto set) or "accuracy" (most accurate point).
     select: Literal["knee", "accuracy"] = "knee"
+    # Start a new study with the configuration in params.yaml (train.* and models.<family>) as its
+    # first trial, for the dimensions where that value lies inside the space: a known-good point
+    # the sampler and the pruner can compare against from the first trial on.
+    enqueue_baseline: bool = True
+    # RDB storage heartbeat: a killed worker's trial is failed (and retried once) after 3 beats.
+    heartbeat_s: float = Field(10.0, ge=1, le=600)
     # Empty: sqlite:///<repo>/optuna/studies.db. OPTUNA_STORAGE in the environment wins; a
     # postgresql://... URL lets workers on several machines share a study.
     storage: str = ""
@@ -230,10 +236,18 @@ class SpaceCfg(_Strict):
         for section, cfg_cls in targets.items():
             for key, dim in getattr(self, section).items():
                 if key not in cfg_cls.model_fields or key in ("max_epochs", "target_val_acc"):
-                    raise ValueError(f"{section}.{key}: not a searchable parameter of {section}; "
+                    raise ValueError(f"@{section}.{key}: not a searchable parameter of {section}; "
                                      f"choose from {sorted(k for k in cfg_cls.model_fields if k not in ('max_epochs', 'target_val_acc'))}")
                 if isinstance(dim, list) and not dim:
-                    raise ValueError(f"{section}.{key}: empty list of choices")
+                    raise ValueError(f"@{section}.{key}: empty list of choices")
+                # Every value the sampler may pick must be a valid value of that parameter.
+                values = list(dim) if isinstance(dim, list) else [dim.low, dim.high]
+                for value in values:
+                    try:
+                        cfg_cls.model_validate({**cfg_cls().model_dump(), key: value})
+                    except ValidationError as err:
+                        raise ValueError(f"@{section}.{key}: {value!r} is not a valid value "
+                                         f"({err.errors()[0]['msg']})") from None
         return self
 
     def for_family(self, family: str) -> dict[str, Dimension]:
@@ -243,6 +257,134 @@ class SpaceCfg(_Strict):
 class TuneCfg(_Strict):
     search: SearchCfg = SearchCfg()
     space: SpaceCfg = SpaceCfg()
+
+
+def _no_repeats(name: str, values: list) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a value, got {values}")
+
+
+def _unique_list(values: list) -> list:
+    """A field validator: the error lands on the field's own key path."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"must not repeat a value, got {values}")
+    return values
+
+
+# A sparsity or a fraction of neurons/channels removed: strictly between 0 and 1.
+Level = Annotated[float, Field(gt=0, lt=1)]
+
+
+class QuantizeCfg(_Strict):
+    """Post-training int8 quantization (PyTorch's eager ``torch.ao.quantization``, see README).
+
+    ``dynamic``: int8 weights of Linear and GRU/LSTM layers, activations quantized per batch at
+    run time; every family. ``static``: int8 weights and activations, scales calibrated on
+    training batches; the families whose layers all have eager int8 CPU kernels (mlp, cnn).
+    """
+
+    modes: list[Literal["dynamic", "static"]] = Field(default_factory=lambda: ["dynamic", "static"])
+    engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
+    calibration_batches: int = Field(8, ge=1)
+
+    _unique = field_validator("modes")(_unique_list)
+
+
+class PruneCfg(_Strict):
+    """Magnitude pruning with ``torch.nn.utils.prune``. ``global``: the smallest weights of all
+    prunable layers together (unstructured); ``structured``: whole neurons/channels of each hidden
+    layer by L1 norm, then removed from the architecture. ``sparsity``: fraction of weights
+    (global) or of neurons/channels (structured) pruned, each in (0, 1)."""
+
+    kinds: list[Literal["global", "structured"]] = Field(default_factory=lambda: ["global", "structured"])
+    sparsity: list[Level] = Field(default_factory=lambda: [0.5])
+    finetune_epochs: int = Field(1, ge=0)  # 0: no fine-tuning after pruning
+    lr: float = Field(1e-3, gt=0)
+
+    _unique = field_validator("kinds", "sparsity")(_unique_list)
+
+
+MODEL_CFGS = {"mlp": MLPCfg, "cnn": CNNCfg, "rnn": RNNCfg, "transformer": TransformerCfg}
+Override = dict[str, int | float | str | bool]
+
+
+class StudentCfg(_Strict):
+    """Per student family: hyperparameters that override the teacher's (student of the teacher's
+    family) or that family's defaults (student of another family)."""
+
+    mlp: Override = Field(default_factory=lambda: {"width": 64})
+    cnn: Override = Field(default_factory=lambda: {"channels": 16})
+    rnn: Override = Field(default_factory=lambda: {"hidden_size": 32})
+    transformer: Override = Field(default_factory=lambda: {"d_model": 32, "num_layers": 1})
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> "StudentCfg":
+        for family, cfg_cls in MODEL_CFGS.items():
+            over = getattr(self, family)
+            for key in over:
+                if key not in cfg_cls.model_fields:
+                    raise ValueError(f"{family}.{key}: not a parameter of models.{family}; "
+                                     f"choose from {sorted(cfg_cls.model_fields)}")
+            try:
+                cfg_cls.model_validate({**cfg_cls().model_dump(), **over})
+            except ValidationError as err:
+                e = err.errors()[0]
+                loc = ".".join(str(p) for p in e["loc"])
+                raise ValueError(f"{family}{'.' + loc if loc else ''}: {e['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    def for_family(self, family: str) -> dict:
+        return dict(getattr(self, family))
+
+
+class DistillCfg(_Strict):
+    """Knowledge distillation: a smaller student trained on the teacher's softened outputs
+    (loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy), next to the
+    same student trained from labels alone with the same seed and budget."""
+
+    student_family: Literal["same", "mlp", "cnn", "rnn", "transformer"] = "same"
+    student: StudentCfg = StudentCfg()
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(3e-3, gt=0)
+
+
+class CompressCfg(_Strict):
+    """The compress stage: variants of each family's trained model(s), measured like originals."""
+
+    # The trained models to compress: the train stage's (baseline) and/or the search's (tuned).
+    sources: list[Literal["baseline", "tuned"]] = Field(default_factory=lambda: ["baseline"], min_length=1)
+    techniques: list[Literal["quantize", "prune", "distill"]] = Field(
+        default_factory=lambda: ["quantize", "prune", "distill"])
+    quantize: QuantizeCfg = QuantizeCfg()
+    prune: PruneCfg = PruneCfg()
+    distill: DistillCfg = DistillCfg()
+    # Mini-batches of the pruning fine-tune and of distillation (optimizer: Adam).
+    batch_size: int = Field(64, ge=1)
+
+    _unique = field_validator("sources", "techniques")(_unique_list)
+
+
+class SweepCfg(_Strict):
+    """The model-size sweep: the ``sweep`` stage is a DVC matrix over ``families`` x ``widths`` x
+    ``depths``. Each point trains the family's model (``models.<family>``) with its width (mlp
+    width, cnn channels, rnn hidden_size, transformer d_model) and depth (mlp/cnn depth, rnn and
+    transformer num_layers) multiplied by the point's factors, with the baseline's training budget,
+    then tests it. Factor 1 is the baseline's size: the train stage has it already."""
+
+    # At least one point: the report stage depends on metrics/sweep (drop both from dvc.yaml to
+    # run without a sweep).
+    families: list[Family] = Field(default_factory=lambda: ["mlp", "cnn"], min_length=1)
+    widths: list[Annotated[float, Field(gt=0, le=64)]] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
+    depths: list[Annotated[float, Field(gt=0, le=16)]] = Field(default_factory=lambda: [1.0], min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "SweepCfg":
+        _no_repeats("families", self.families)
+        _no_repeats("widths", self.widths)
+        _no_repeats("depths", self.depths)
+        return self
 
 
 class Params(_Strict):
@@ -255,6 +397,8 @@ class Params(_Strict):
     evaluate: EvaluateCfg = EvaluateCfg()
     tracking: TrackingCfg = TrackingCfg()
     tune: TuneCfg = TuneCfg()
+    compress: CompressCfg = CompressCfg()
+    sweep: SweepCfg = SweepCfg()
 
     @model_validator(mode="after")
     def _unique_families(self) -> "Params":
@@ -273,6 +417,10 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         # Drop pydantic's own location parts (union branches such as "list[...]" or "function-after[...]").
         loc = ".".join(str(p) for p in e["loc"] if "[" not in str(p)) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
+        # A model-level check names the key below its model as "@key.path: message".
+        if msg.startswith("@") and ": " in msg:
+            sub, msg = msg[1:].split(": ", 1)
+            loc = sub if loc == "(top level)" else f"{loc}.{sub}"
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelt?)"
         elif "input" in e and e["type"] not in ("missing", "value_error") and not isinstance(e["input"], dict):
@@ -301,9 +449,7 @@ def parse_params(raw: object, source: Path | str = "params.yaml") -> Params:
         raise ParamsError(_format_validation_error(source, err)) from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate a params file; raise ParamsError naming the file, line or key."""
-    path = Path(path)
+def _read_yaml(path: Path) -> object:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -311,10 +457,38 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     except OSError as err:
         raise ParamsError(f"{path}: cannot be read ({err.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err)
         raise ParamsError(f"{path}: YAML syntax error{where}: {problem}") from None
-    return parse_params(raw, path)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_params(path: Path | str = "params.yaml", profiles: tuple[Path | str, ...] = ()) -> Params:
+    """Read and validate a params file, with optional profiles (partial params files, e.g.
+    ``profiles/search-large.yaml``) merged on top in order; raise ParamsError naming the file,
+    line or key."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    source = path
+    for profile in map(Path, profiles):
+        extra = _read_yaml(profile)
+        if extra is None:
+            continue
+        if not isinstance(extra, dict):
+            raise ParamsError(f"{profile}: a profile must be a mapping of params sections, got {type(extra).__name__}")
+        raw = deep_merge(raw if isinstance(raw, dict) else {}, extra)
+        source = Path(f"{path} + {profile}")
+    return parse_params(raw, source)

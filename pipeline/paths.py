@@ -62,3 +62,22 @@ def epoch_plot(family: str, variant: str = BASELINE) -> Path:
 
 def confusion_plot(family: str, variant: str = BASELINE) -> Path:
     return PLOTS_DIR / "confusion" / f"{family}-{variant}.png"
+
+
+def sweep_variant(width: str, depth: str) -> str:
+    """A size-sweep point's variant, from its factors as written in params.yaml (so the names
+    match the ones DVC substitutes in dvc.yaml): ``sweep-w0.5-d1``."""
+    return f"sweep-w{width}-d{depth}"
+
+
+def sweep_metrics(family: str, variant: str) -> Path:
+    return METRICS_DIR / "sweep" / f"{family}-{variant}.json"
+
+
+def compressed_dir(family: str, source: str = BASELINE) -> Path:
+    """The compress stage's variants of one trained model, one subdirectory per variant."""
+    return MODELS_DIR / family / "compressed" / source
+
+
+def compress_metrics(family: str, source: str = BASELINE) -> Path:
+    return METRICS_DIR / "compress" / f"{family}-{source}.json"

@@ -181,8 +181,31 @@ def client_for(cfg: TrackingCfg):
 
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:"):
-        store_dir().mkdir(parents=True, exist_ok=True)
+        from pipeline.filelock import locked
+
+        # Creating the client creates or migrates the schema: one process at a time.
+        with locked(store_dir() / ".init.lock"):
+            return MlflowClient(tracking_uri=uri), uri
     return MlflowClient(tracking_uri=uri), uri
+
+
+def create_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any]) -> str:
+    """A new RUNNING run's id, to be entered with ``tracked_run(..., run_id=...)``."""
+    client, uri = client_for(cfg)
+    run = client.create_run(_experiment_id(client, cfg, uri), run_name=run_name,
+                            tags={k: str(v) for k, v in tags.items()})
+    return run.info.run_id
+
+
+def end_dangling_run(cfg: TrackingCfg, run_id: str, error: str) -> bool:
+    """End a run whose process died without ending it (SIGKILL, power loss) as KILLED, with
+    ``error`` as its tag. Returns False if the run had ended already."""
+    client, _ = client_for(cfg)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "error", error)
+    client.set_terminated(run_id, status="KILLED")
+    return True
 
 
 @contextmanager
@@ -193,6 +216,8 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
     client, uri = client_for(cfg)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
+        if "error" in client.get_run(run_id).data.tags:  # from an earlier, interrupted session
+            client.delete_tag(run_id, "error")
         handle = Run(client, run_id)
         handle.set_tags(tags)
     else:

@@ -19,6 +19,12 @@ TINY = {
     "train": {"max_epochs": 2, "batch_size": 64, "lr": 0.003, "early_stopping_patience": 0, "target_val_acc": 0.2},
     "evaluate": {"latency_samples": 10, "energy_min_duration_s": 0.2},
     "tune": {"search": {"n_trials": 2, "max_epochs": 1, "startup_trials": 1, "warmup_epochs": 0}},
+    "sweep": {"families": ["mlp"], "widths": [0.5], "depths": [1]},
+    "compress": {
+        "prune": {"sparsity": [0.5], "finetune_epochs": 1},
+        "distill": {"epochs": 1, "student": {"mlp": {"width": 8}, "cnn": {"channels": 4}, "rnn": {"hidden_size": 8},
+                                             "transformer": {"d_model": 8}}},
+    },
 }
 
 

@@ -61,3 +61,36 @@ def test_missing_params_file(tmp_path):
 def test_npz_dataset_needs_a_path():
     with pytest.raises(ParamsError, match="data.npz.path"):
         parse_params(tiny_raw(**{"data.dataset": "npz"}))
+
+
+def test_profile_merges_on_top_and_names_its_bad_keys(tmp_path):
+    profile = tmp_path / "large.yaml"
+    profile.write_text("tune:\n  search: {n_trials: 40}\n  space:\n    train: {optimizer: [sgd, adam]}\n")
+    params = load_params(ROOT / "params.yaml", (profile,))
+    assert params.tune.search.n_trials == 40 and params.tune.space.train["optimizer"] == ["sgd", "adam"]
+    base = load_params(ROOT / "params.yaml")
+    assert params.tune.search.max_epochs == base.tune.search.max_epochs  # untouched keys kept
+    assert params.tune.space.train["lr"] == base.tune.space.train["lr"]
+    profile.write_text("tune:\n  search: {n_trials: 0}\n")
+    with pytest.raises(ParamsError, match=r"tune\.search\.n_trials") as err:
+        load_params(ROOT / "params.yaml", (profile,))
+    assert "large.yaml" in str(err.value)
+    profile.write_text("- not a mapping\n")
+    with pytest.raises(ParamsError, match="must be a mapping"):
+        load_params(ROOT / "params.yaml", (profile,))
+
+
+def test_project_search_profile_is_valid():
+    params = load_params(ROOT / "params.yaml", (ROOT / "profiles" / "search-large.yaml",))
+    assert "sgd" in params.tune.space.train["optimizer"] and params.tune.search.n_trials >= 20
+
+
+def test_baseline_point_keeps_only_values_inside_the_space():
+    from pipeline.tuning.space import baseline_point
+
+    raw = tiny_raw()
+    raw["tune"] = {"space": {"train": {"lr": {"low": 0.01, "high": 0.1, "log": True}, "batch_size": [32, 64]},
+                             "mlp": {"width": [16, 32], "depth": {"low": 1, "high": 3}}}}
+    point = baseline_point(parse_params(raw), "mlp")
+    # lr 0.003 lies outside [0.01, 0.1]: left to the sampler; the others are the params.yaml values.
+    assert point == {"train.batch_size": 64, "model.width": 32, "model.depth": 1}

@@ -15,6 +15,7 @@ from .conftest import ROOT, tiny_raw
 
 pytestmark = pytest.mark.slow
 FAMILIES = ["mlp", "cnn", "rnn", "transformer"]
+SWEEP_STAGE = "sweep@mlp-0.5-1"  # conftest's TINY sweeps mlp at half width
 
 
 def sh(cmd, cwd, env, check=True):
@@ -63,6 +64,8 @@ def test_repro_runs_every_stage_and_tracks_every_run(repo):
     d, env, _, first = repo
     stages = ["prepare", "report"] + [f"{s}@{f}" for s in ("train", "tune") for f in FAMILIES]
     stages += [f"evaluate@{f}-{v}" for f in FAMILIES for v in ("baseline", "tuned")]
+    stages += [f"compress@{f}-baseline" for f in FAMILIES]
+    stages += [SWEEP_STAGE]
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     for f in FAMILIES:
@@ -75,13 +78,29 @@ def test_repro_runs_every_stage_and_tracks_every_run(repo):
             assert (d / "models" / f / v / "model.pt").is_file()
     assert (d / "reports" / "report.md").read_text().count("|") > 20
     assert (d / "reports" / "accuracy_vs_energy.png").stat().st_size > 1000
+    page = (d / "reports" / "report.html").read_text()  # compare: every model row, sweep and compress included
+    assert "mlp-sweep-w0.5-d1" in page and "mlp-baseline" in page and "data:image/png;base64," in page
+    assert json.loads((d / "metrics" / "sweep" / "mlp-sweep-w0.5-d1.json").read_text())["test_acc"] > 0
 
     client = _client(d)
     exp = client.get_experiment_by_name("energy-pipeline")
     runs = client.search_runs([exp.experiment_id])
     assert all(r.info.status == "FINISHED" for r in runs)
     by_role = {}
+    compress_runs = [r for r in runs if r.data.tags["stage"] == "compress"]
+    # quant_dynamic, quant_static (mlp, cnn), prune_global, prune_structured, distill, scratch
+    assert len(compress_runs) == 6 + 6 + 5 + 5
+    for r in compress_runs:
+        assert r.data.tags["variant"] == f"{r.data.tags['technique']}-{r.data.tags['level']}"
+        assert "test/acc" in r.data.metrics and r.data.tags["source_run_id"]
+    for f in FAMILIES:
+        c = json.loads((d / "metrics" / "compress" / f"{f}-baseline.json").read_text())
+        assert c["reference"]["energy_per_1k_j"] > 0 and len(c["variants"]) == (6 if f in ("mlp", "cnn") else 5)
+    (sweep,) = [r for r in runs if r.data.tags["stage"] == "sweep"]
+    assert sweep.data.tags["variant"] == "sweep-w0.5-d1" and "test/acc" in sweep.data.metrics
     for r in runs:
+        if r.data.tags["stage"] in ("compress", "sweep"):
+            continue
         by_role.setdefault((r.data.tags["stage"], r.data.tags.get("role", r.data.tags.get("variant"))), []).append(r)
     assert {k: len(v) for k, v in by_role.items()} == {
         ("train", "baseline"): 4, ("train", "refit"): 4, ("tune", "study"): 4, ("tune", "trial"): 8,
@@ -110,7 +129,7 @@ def test_changing_lr_invalidates_train_only(repo):
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(sh(["dvc", "status", "--json"], d, env).stdout))
     # train and tune read train.lr; evaluate and report follow their changed deps.
-    assert changed == {f"{s}@{f}" for s in ("train", "tune") for f in FAMILIES}
+    assert changed == {f"{s}@{f}" for s in ("train", "tune") for f in FAMILIES} | {SWEEP_STAGE}
     params["train"]["lr"] = 0.003
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -132,4 +151,73 @@ def test_dvc_experiment_reruns_downstream_and_shows_accuracy_and_energy(repo):
     assert any(r.get("Experiment") == "lr-exp" for r in rows)
     runs = _client(d).search_runs([_client(d).get_experiment_by_name("energy-pipeline").experiment_id],
                                   "tags.dvc_exp_name = 'lr-exp'")
-    assert {r.data.tags["stage"] for r in runs} == {"train", "tune", "evaluate"}
+    assert {r.data.tags["stage"] for r in runs} == {"train", "tune", "evaluate", "compress", "sweep"}
+
+
+def test_dvc_plots_metrics_diff_and_compare_across_experiments(repo):
+    d, env, _, _ = repo
+    table = sh(["dvc", "exp", "show", "--csv"], d, env).stdout
+    cols = list(csv.DictReader(io.StringIO(table)))[0].keys()
+    for suffix in ("test_acc", "energy_j", "emissions_kg", "energy_per_1k_j"):
+        assert any(c.endswith(suffix) for c in cols), suffix
+    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "lr-exp", "--json"], d, env).stdout)
+    assert any(k.startswith("metrics/train/") for k in diff) and any(k.startswith("metrics/evaluate/") for k in diff)
+    plots = json.loads(sh(["dvc", "plots", "show", "--json"], d, env).stdout)
+    names = set(plots.get("data", plots))
+    assert "Accuracy vs training energy" in names and any("epochs" in n for n in names), names
+    out = sh([sys.executable, "-m", "pipeline", "compare", "--out", "compare-all"], d, env).stdout
+    assert "compared" in out
+    md = (d / "compare-all" / "report.md").read_text()
+    assert "lr-exp" in md and "commit " in md  # the experiment beside the committed workspace runs
+
+
+def _trials(d, study):
+    """(number, state) of the trials of one study, read straight from the SQLite store."""
+    import sqlite3
+
+    db = d / "optuna" / "studies.db"
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute("SELECT t.number, t.state FROM trials t JOIN studies s ON t.study_id = s.study_id "
+                           "WHERE s.study_name = ? ORDER BY t.number", (study,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def test_interrupted_repro_resumes_the_study(repo):
+    """Ctrl-C (SIGINT to the process group) while `dvc repro` runs a study; the next `dvc repro`
+    continues that study: earlier trials kept, N trials counted in the end, no run left RUNNING."""
+    import signal
+    import time
+
+    d, env, git, _ = repo
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["tune"]["search"]["n_trials"] = 5  # the same study (budget is not its identity), 3 more trials
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    study = json.loads((d / "models" / "mlp" / "tuned" / "study.json").read_text())["study"]
+    before = _trials(d, study)
+    assert len(before) == 2
+    proc = subprocess.Popen(["dvc", "repro", "tune@mlp"], cwd=d, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(_trials(d, study)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert _trials(d, study)[:2] == before
+
+    sh(["dvc", "repro", "tune@mlp"], d, env)
+    trials = _trials(d, study)
+    assert trials[:2] == before
+    metrics = json.loads((d / "metrics" / "tune" / "mlp.json").read_text())
+    # Five counted trials; an interrupted one (if the signal hit a trial) is retried, not counted.
+    assert metrics["trials_counted"] == 5 and metrics["trials"] == 5 + metrics["trials_interrupted"], metrics
+    assert "RUNNING" not in {s for _, s in trials}
+    client = _client(d)
+    runs = client.search_runs([client.get_experiment_by_name("energy-pipeline").experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}

@@ -132,11 +132,22 @@ def test_two_workers_finish_exactly_n_trials(prepared, meter):
     params = tune_params(**{"tune.search.n_trials": 4, "tune.search.n_workers": 2})
     m = tune_family(params, "mlp", meter, prepared)
     study = _study(params, prepared)
-    assert m["trials"] == 4 and len(study.trials) == 4
-    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
-    assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
-    workers = {r.data.tags["worker"] for r in _runs(params, "tags.role = 'trial'")}
-    assert workers == {"0", "1"}
+    _assert_exactly_n(study, params, 4)
+    assert m["trials_counted"] == 4
+
+
+def _assert_exactly_n(study, params, n):
+    """N counted trials, all finished, each with one finished MLflow run; any other trial is a
+    surplus one (asked for in a race, never run, FAIL with the ``surplus`` attribute)."""
+    counted = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert st.trials_done(study) == n == len(counted)
+    assert all(t.state.is_finished() for t in study.trials)
+    assert all(t.state == optuna.trial.TrialState.FAIL and "mlflow_run_id" not in t.user_attrs
+               for t in study.trials if t.user_attrs.get("surplus"))
+    assert {t.user_attrs["worker"] for t in counted} <= {0, 1}
+    runs = _runs(params, "tags.role = 'trial'")
+    assert sorted(r.info.run_id for r in runs) == sorted(t.user_attrs["mlflow_run_id"] for t in counted)
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_knee_picks_the_balanced_point():
@@ -171,11 +182,9 @@ def test_two_workers_share_a_study_in_postgresql(prepared, meter, capsys):
                             "tune.search.storage": PG_URL, "tracking.experiment_name": f"pg-{uuid.uuid4().hex[:8]}"})
     name = st.study_name(params, "mlp", prepared.card["sha256"])
     try:
-        m = tune_family(params, "mlp", meter, prepared)
+        tune_family(params, "mlp", meter, prepared)
         study = optuna.load_study(study_name=name, storage=PG_URL)
-        assert m["trials"] == 4 and sorted(t.number for t in study.trials) == [0, 1, 2, 3]
-        assert {t.user_attrs["worker"] for t in study.trials} == {0, 1}
-        assert all(t.state.is_finished() for t in study.trials)
+        _assert_exactly_n(study, params, 4)
         # The password never leaves the URL: not in tags, params, files or output.
         (parent,) = _runs(params, "tags.role = 'study'")
         assert parent.data.tags["storage"] == "postgresql://postgres:***@127.0.0.1:5432/test"
@@ -187,3 +196,137 @@ def test_two_workers_share_a_study_in_postgresql(prepared, meter, capsys):
             optuna.delete_study(study_name=name, storage=PG_URL)
         except KeyError:
             pass
+
+
+def _epochs_logged(db) -> int:
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM metrics WHERE key = 'val/acc'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_interrupted_study_resumes_with_its_trials(workdir, meter, signame):
+    """A signal mid-trial: exit 130, the trial's run KILLED with its energy, the Optuna trial
+    marked interrupted; the next run retries that configuration and keeps the count at N."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = tiny_raw(**{"train.max_epochs": 40, "train.early_stopping_patience": 4})
+    raw["tune"] = {"search": {**TINY_SEARCH["tune"]["search"], "n_trials": 1, "max_epochs": 40},
+                   "space": TINY_SEARCH["tune"]["space"]}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    data = prepare(params)
+    save(data, "mnist1d")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--family", "mlp"], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while _epochs_logged(workdir / "mlruns" / "mlflow.db") < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, signame))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    [trial] = _study(params, data).trials
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    assert trial.user_attrs["energy_kwh"] > 0
+    runs = _runs(params, "")
+    assert {r.info.status for r in runs} == {"KILLED"}  # the study's run and the trial's run
+    killed_trial = next(r for r in runs if r.data.tags.get("role") == "trial")
+    assert killed_trial.data.metrics["energy/total_j"] > 0
+    assert killed_trial.data.tags["error"] == f"Interrupted: {signame}"
+
+    m = tune_family(params, "mlp", meter)
+    study = _study(params, data)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert study.trials[1].params == trial.params and study.trials[1].user_attrs["retry_of"] == 0
+    assert st.trials_done(study) == 1 and m["trials_complete"] == 1
+    assert "RUNNING" not in {r.info.status for r in _runs(params, "")}
+    parent = _runs(params, "tags.role = 'study'")[0]
+    assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
+
+
+def _running_trials(db) -> int:
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_and_two_commands_finish_exactly_n(workdir, meter):
+    """Two `tune` commands on one study (two terminals); one is SIGKILLed mid-trial. The other
+    fails its trial through the heartbeat, retries it, ends its MLflow run KILLED, and the study
+    ends with exactly N counted trials: none doubled, none lost, nothing left RUNNING."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = tiny_raw(**{"train.early_stopping_patience": 0})
+    raw["tune"] = {"search": {**TINY_SEARCH["tune"]["search"], "n_trials": 4, "max_epochs": 8, "heartbeat_s": 1,
+                              "pruner": "none"},
+                   "space": TINY_SEARCH["tune"]["space"]}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    data = prepare(params)
+    save(data, "mnist1d")
+    cmd = [sys.executable, "-m", "pipeline", "tune", "--family", "mlp"]
+    first = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2)  # the first command creates the study and its MLflow run
+    second = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = workdir / "optuna" / "studies.db"
+    deadline = time.monotonic() + 180
+    while _running_trials(db) < 2 and second.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _running_trials(db) != 2:
+        second.kill()
+        first.kill()
+        raise AssertionError("both commands should be running a trial:\n" + second.communicate()[0]
+                             + "\n---\n" + first.communicate()[0])
+    time.sleep(1.5)  # into its training: its MLflow run is open
+    second.send_signal(signal.SIGKILL)
+    second.wait(timeout=30)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+
+    study = _study(params, data)
+    assert st.trials_done(study) == 4
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.WAITING not in states
+    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("surplus")]
+    assert len(stale) == 1
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == stale[0].number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    if stale[0].params:  # killed after sampling: the same configuration is run again
+        assert retry[0].params == stale[0].params
+    runs = _runs(params, "")
+    assert "RUNNING" not in {r.info.status for r in runs}
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    if "mlflow_run_id" in stale[0].user_attrs:  # its run was open: ended KILLED by the survivor
+        assert [r.info.run_id for r in killed] == [stale[0].user_attrs["mlflow_run_id"]]
+        assert "heartbeat" in killed[0].data.tags["error"]
+    else:
+        assert killed == []
+    trial_runs = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"]
+    assert len(trial_runs) == 4

@@ -30,12 +30,14 @@ def to_layout(x: np.ndarray, layout: str, where: str) -> tuple[np.ndarray, str]:
         if x.ndim == 2:
             x = x[:, None, :]
         elif x.ndim != 3:
-            raise DataError(f"{where}: a sequence x must be (N, L) or (N, C, L), got shape {x.shape}")
+            raise DataError(f"{where}: with layout 'sequence' (data.npz.layout) x must be (N, L) or (N, C, L), "
+                            f"got shape {x.shape}")
     elif layout == "image":
         if x.ndim == 3:
             x = x[:, None, :, :]
         elif x.ndim != 4:
-            raise DataError(f"{where}: an image x must be (N, H, W) or (N, C, H, W), got shape {x.shape}")
+            raise DataError(f"{where}: with layout 'image' (data.npz.layout) x must be (N, H, W) or (N, C, H, W), "
+                            f"got shape {x.shape}")
     else:
         raise DataError(f"{where}: unknown layout {layout!r}; expected 'sequence' or 'image'")
     return x, layout
@@ -63,6 +65,8 @@ def check_arrays(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, 
     y = y.astype(np.int64)
     if y.min() < 0:
         raise DataError(f"{where}: labels y must be in 0..num_classes-1, got {int(y.min())}")
+    if len(np.unique(y)) < 2:
+        raise DataError(f"{where}: labels y hold a single class ({int(y[0])}); a classifier needs at least 2")
     return x, y
 
 

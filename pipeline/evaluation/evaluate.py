@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,10 @@ import torch
 from torch import nn
 
 from pipeline import paths
-from pipeline.config import Params
+from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
 from pipeline.data.sources import DataError
-from pipeline.energy import EnergyMeter
+from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.tracking import base_tags, tracked_run
 
@@ -96,41 +97,25 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
-                    meter: EnergyMeter | None = None) -> dict:
-    meter = (meter or EnergyMeter(params.energy)).prewarm()
-    torch.manual_seed(params.base.seed)
-    prepared = load_prepared(params.data.dataset)
-    model, spec, train_run = load_trained(family, variant)
-    x = torch.from_numpy(prepared.arrays["x_test"]).float()
-    y = prepared.arrays["y_test"]
-    bs = params.evaluate.batch_size
-    card = prepared.card
-    tags = base_tags("evaluate", family, card["sha256"])
-    tags["source_run_id"] = train_run.get("run_id", "unknown")
-    tags["variant"] = variant
-    with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:
-        run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
-        y_pred = predict(model, x, bs).numpy()
-        cm = confusion(y, y_pred, spec.num_classes)
-        acc = float((y_pred == y).mean())
-        f1 = macro_f1(cm)
-        latency = latency_per_sample_s(model, x, params.evaluate.latency_samples)
+@dataclass(frozen=True)
+class InferenceMeasurement:
+    """Quality and cost of one model on the test split, measured by ``measure_inference``."""
 
-        predict(model, x, bs)  # warm-up outside the measured block
-        passes = 0
-        with meter.measure() as m:
-            run.set_tags({"energy_method": meter.method})
-            t0 = time.perf_counter()
-            while passes == 0 or time.perf_counter() - t0 < params.evaluate.energy_min_duration_s:
-                predict(model, x, bs)
-                passes += 1
-        energy = m.total
-        n_pred = passes * len(x)
+    y_pred: np.ndarray
+    cm: np.ndarray
+    acc: float
+    f1: float
+    latency_s: float  # median single-sample prediction time
+    n_pred: int  # predictions made inside the energy measurement
+    energy: EnergyReading  # of those predictions
+
+    def metrics(self) -> dict[str, float]:
+        """The evaluate stage's flat metrics (names as in metrics/evaluate/*.json)."""
+        energy, n_pred = self.energy, self.n_pred
         metrics: dict[str, float] = {
-            "test_acc": acc,
-            "test_f1_macro": f1,
-            "latency_ms_per_sample": latency * 1e3,
+            "test_acc": self.acc,
+            "test_f1_macro": self.f1,
+            "latency_ms_per_sample": self.latency_s * 1e3,
             "throughput_per_s": n_pred / energy.duration_s,
             "predictions_measured": n_pred,
             "energy_method": energy.method,
@@ -139,6 +124,56 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
             metrics["energy_per_1k_j"] = energy.energy_j / n_pred * 1000
             metrics["emissions_per_1k_kg"] = energy.emissions_kg / n_pred * 1000
             metrics["inference_mean_power_w"] = energy.mean_power_w
+        return metrics
+
+
+def measure_inference(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: EvaluateCfg,
+                      meter: EnergyMeter) -> InferenceMeasurement:
+    """Accuracy and macro-F1 on (x, y); latency per sample (batch of one); energy of repeated
+    passes over x at ``cfg.batch_size`` lasting at least ``cfg.energy_min_duration_s``."""
+    bs = cfg.batch_size
+    y_pred = predict(model, x, bs).numpy()
+    cm = confusion(y, y_pred, num_classes)
+    acc = float((y_pred == y).mean())
+    f1 = macro_f1(cm)
+    latency = latency_per_sample_s(model, x, cfg.latency_samples)
+
+    n_pred, energy = prediction_energy(model, x, bs, cfg.energy_min_duration_s, meter)
+    return InferenceMeasurement(y_pred, cm, acc, f1, latency, n_pred, energy)
+
+
+def prediction_energy(model: nn.Module, x: torch.Tensor, batch_size: int, min_duration_s: float,
+                      meter: EnergyMeter) -> tuple[int, EnergyReading]:
+    """(predictions made, their energy): whole passes over x at ``batch_size``, repeated until at
+    least ``min_duration_s``, after one warm-up pass outside the measured block."""
+    predict(model, x, batch_size)
+    passes = 0
+    with meter.measure() as m:
+        t0 = time.perf_counter()
+        while passes == 0 or time.perf_counter() - t0 < min_duration_s:
+            predict(model, x, batch_size)
+            passes += 1
+    return passes * len(x), m.total
+
+
+def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
+                    meter: EnergyMeter | None = None) -> dict:
+    meter = (meter or EnergyMeter(params.energy)).prewarm()
+    torch.manual_seed(params.base.seed)
+    prepared = load_prepared(params.data.dataset)
+    model, spec, train_run = load_trained(family, variant)
+    x = torch.from_numpy(prepared.arrays["x_test"]).float()
+    y = prepared.arrays["y_test"]
+    card = prepared.card
+    tags = base_tags("evaluate", family, card["sha256"])
+    tags["source_run_id"] = train_run.get("run_id", "unknown")
+    tags["variant"] = variant
+    with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:
+        run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
+        result = measure_inference(model, x, y, spec.num_classes, params.evaluate, meter)
+        run.set_tags({"energy_method": meter.method})
+        cm, acc, f1, energy = result.cm, result.acc, result.f1, result.energy
+        metrics = result.metrics()
         run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items() if k != "energy_method"})
         run.log_metrics(energy.metrics("energy"))
         # The training run gets its test figures too, so one row of the MLflow table holds test

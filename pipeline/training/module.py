@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
+from pipeline import interrupts
 from pipeline.config import TrainCfg
 
 
@@ -23,6 +24,10 @@ def build_optimizer(params, cfg: TrainCfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 class Classifier(pl.LightningModule):
@@ -51,11 +56,15 @@ class Classifier(pl.LightningModule):
         return self.model(x)
 
     def training_step(self, batch, batch_idx):
+        interrupts.check()
         x, y = batch
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         logits = self.model(x)
         loss = nn.functional.cross_entropy(logits, y)
+        if not torch.isfinite(loss):  # one scalar check per step (~µs on CPU); stops a diverged run at once
+            raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, "
+                                f"step {self.global_step}: the run diverged; try a lower train.lr (now {self.cfg.lr})")
         self.manual_backward(loss)
         opt.step()
         self._losses.append(loss.detach())
@@ -87,8 +96,8 @@ class Classifier(pl.LightningModule):
                                         self.num_classes, average="micro"))
         self._losses, self._sizes, self._preds, self._targets = [], [], [], []
         if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss} in epoch {self.current_epoch}; "
+            raise NonFiniteLoss(
+                f"training loss became {loss} in epoch {self.current_epoch + 1}; "
                 f"try a lower train.lr (now {self.cfg.lr})"
             )
         return {"train/loss": loss, "train/acc": acc}

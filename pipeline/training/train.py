@@ -22,6 +22,7 @@ from pipeline import paths
 from pipeline.config import Params, TrainCfg
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
+from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
 from pipeline.tracking import Run, base_tags, tracked_run
@@ -143,7 +144,10 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
             default_root_dir=str(out_dir),
         )
         try:
-            trainer.fit(module, datamodule=datamodule)
+            try:
+                trainer.fit(module, datamodule=datamodule)
+            except SystemExit as exit_:
+                reraise_interrupt(trainer, exit_)
         finally:
             # Whatever happened, the energy spent so far belongs to the run.
             result.energy = measurement.finish()

@@ -17,16 +17,19 @@ from pipeline.energy import EnergyMeter
 from pipeline.tracking import base_tags, tracked_run
 from pipeline.training.train import FitResult, fit
 from pipeline.tuning.space import sample
-from pipeline.tuning.study import ENERGY_ATTR
+from pipeline.tuning.study import ENERGY_ATTR, INTERRUPTED_ATTR, SURPLUS_ATTR, SurplusTrial, claim
 
 
 class Objective:
     def __init__(self, params: Params, family: str, prepared: Prepared, meter: EnergyMeter,
-                 parent_run_id: str, study_name: str, worker: int = 0, echo=print):
+                 parent_run_id: str, study_name: str, worker: int = 0, echo=print, callbacks=(),
+                 n_trials: int | None = None):
         self.params, self.family, self.prepared, self.meter = params, family, prepared, meter
         self.parent_run_id, self.study_name, self.worker = parent_run_id, study_name, worker
         self.multi = params.tune.search.objective != "accuracy"
         self.echo = echo
+        self.callbacks = list(callbacks)  # extra Lightning callbacks for every trial
+        self.n_trials = n_trials  # the study's total, shared with other workers (None: no limit)
 
     def _pruning_callback(self, trial):
         # optuna-integration's callback imports lightning.pytorch: the same package as our Trainer.
@@ -35,6 +38,12 @@ class Objective:
         return PyTorchLightningPruningCallback(trial, monitor="val/acc")
 
     def __call__(self, trial: optuna.Trial):
+        if self.n_trials is not None:
+            try:
+                claim(trial.study, trial.number, self.n_trials)
+            except SurplusTrial:
+                trial.set_user_attr(SURPLUS_ATTR, True)  # not run, not counted: Optuna marks it FAIL
+                raise
         train_cfg, hparams = sample(trial, self.params, self.family, self.params.tune.search.max_epochs)
         tags = {
             **base_tags("tune", self.family, self.prepared.card["sha256"]),
@@ -48,9 +57,11 @@ class Objective:
         result = FitResult()
         state = "FAILED"
         t0 = time.perf_counter()
-        callbacks = [] if self.multi else [self._pruning_callback(trial)]
+        callbacks = [*self.callbacks, *([] if self.multi else [self._pruning_callback(trial)])]
         with tracked_run(self.params.tracking, f"trial-{self.family}-{trial.number}", tags,
                          finished_on=(optuna.TrialPruned,)) as run:
+            # Now, not at the end: if this process dies, whoever fails the trial ends its run.
+            trial.set_user_attr("mlflow_run_id", run.run_id)
             try:
                 with tempfile.TemporaryDirectory(prefix="trial-") as tmp:
                     fit(self.params, self.family, self.prepared, self.meter, run, Path(tmp),
@@ -59,10 +70,14 @@ class Objective:
             except optuna.TrialPruned:
                 state = "PRUNED"
                 raise
+            except KeyboardInterrupt:
+                # Optuna marks the trial FAIL; the tag lets a resumed study retry it and not count it.
+                state = "INTERRUPTED"
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                raise
             finally:
                 energy = result.energy
                 trial.set_user_attr("duration_s", time.perf_counter() - t0)
-                trial.set_user_attr("mlflow_run_id", run.run_id)
                 trial.set_user_attr("worker", self.worker)
                 if energy is not None and energy.energy_kwh is not None:
                     trial.set_user_attr(ENERGY_ATTR, energy.energy_kwh)

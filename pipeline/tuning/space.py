@@ -38,6 +38,30 @@ def sample(trial, params: Params, family: str, max_epochs: int) -> tuple[TrainCf
     return train_cfg, model_cfg.model_dump()
 
 
+def _inside(value: Any, dim: Dimension) -> bool:
+    if isinstance(dim, Range):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if dim.is_int and not float(value).is_integer():
+            return False
+        return float(dim.low) <= float(value) <= float(dim.high)
+    return value in list(dim)
+
+
+def baseline_point(params: Params, family: str) -> dict[str, Any]:
+    """The params.yaml configuration as a trial point (``train.x`` / ``model.y``), for the
+    dimensions whose baseline value lies inside the space; the other dimensions stay free."""
+    space = params.tune.space
+    point = {}
+    for prefix, cfg, dims in (("train", params.train, space.train),
+                              ("model", params.models.for_family(family), space.for_family(family))):
+        for key, dim in dims.items():
+            value = getattr(cfg, key)
+            if _inside(value, dim):
+                point[f"{prefix}.{key}"] = int(value) if isinstance(dim, Range) and dim.is_int else value
+    return point
+
+
 def split_params(flat: dict[str, Any]) -> tuple[dict, dict]:
     """Optuna's flat ``train.x`` / ``model.y`` params back into the two override dicts."""
     train = {k.removeprefix("train."): v for k, v in flat.items() if k.startswith("train.")}

@@ -8,6 +8,7 @@ processes share the study; each measures its own trials in CodeCarbon's process 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -16,14 +17,14 @@ import time
 import warnings
 from pathlib import Path
 
-from pipeline import paths
+from pipeline import interrupts, paths
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import J_PER_KWH, EnergyMeter
-from pipeline.tracking import base_tags, client_for, tracked_run
+from pipeline.tracking import base_tags, client_for, create_run, tracked_run
 from pipeline.training.train import export_run, fit, write_metrics
 from pipeline.tuning import study as st
-from pipeline.tuning.space import split_params
+from pipeline.tuning.space import baseline_point, split_params
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,14 @@ def _finished(study) -> int:
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)) if study else 0
 
 
-def run_worker(params: Params, family: str, url: str, quota: int, worker: int, n_workers: int,
-               prepared: Prepared | None = None, meter: EnergyMeter | None = None, progress=None) -> None:
-    """Run ``quota`` trials of the family's study in this process."""
+def run_worker(params: Params, family: str, url: str, worker: int, n_workers: int,
+               prepared: Prepared | None = None, meter: EnergyMeter | None = None, progress=None,
+               wait_for_others: bool = False) -> None:
+    """Run trials of the family's study in this process until the study holds
+    ``tune.search.n_trials`` counted trials (whoever ran them: other workers, other machines),
+    the timeout passes or the energy budget is spent. ``wait_for_others``: then wait for trials
+    still running elsewhere, and run again any whose worker died."""
+    import optuna
     import torch
 
     _quiet_optuna()
@@ -52,28 +58,49 @@ def run_worker(params: Params, family: str, url: str, quota: int, worker: int, n
     prepared = prepared or load_prepared(params.data.dataset)
     from pipeline.tuning.objective import Objective
 
-    storage = st.open_storage(url)
+    search = params.tune.search
+    storage = st.open_storage(url, search.heartbeat_s, params.tracking)
     study = st.load_study(params, family, prepared.card["sha256"], storage, worker)
-    budget = st.EnergyBudget(params.tune.search.energy_budget_kwh)
-    if budget.reached(study):
-        return
+    budget = st.EnergyBudget(search.energy_budget_kwh)
     objective = Objective(params, family, prepared, meter, study.user_attrs["mlflow_parent_run_id"],
-                          study.study_name, worker, echo=lambda m: print(m, flush=True))
+                          study.study_name, worker, echo=lambda m: print(m, flush=True), n_trials=search.n_trials)
     callbacks = [budget]
     if progress is not None:
         callbacks.append(lambda s, t: progress(_finished(s)))
-    study.optimize(objective, n_trials=quota, timeout=params.tune.search.timeout_s, callbacks=callbacks,
-                   catch=(Exception,), gc_after_trial=False)
+    deadline = None if search.timeout_s is None else time.monotonic() + search.timeout_s
+
+    def time_left() -> float | None:
+        return None if deadline is None else deadline - time.monotonic()
+
+    while True:
+        while st.trials_done(study) < search.n_trials and not budget.reached(study):
+            left = time_left()
+            if left is not None and left <= 0:
+                return
+            interrupts.check()
+            # One trial at a time, so the count is checked against the shared study before each.
+            study.optimize(objective, n_trials=1, timeout=left, callbacks=callbacks,
+                           catch=(Exception,), gc_after_trial=False)
+        if not wait_for_others or budget.reached(study) or (time_left() is not None and time_left() <= 0):
+            return
+        # Trials still running elsewhere finish, or go stale (their worker died): the heartbeat
+        # fails those and queues them again, and the loop above runs them here.
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            return
+        time.sleep(search.heartbeat_s)
+        optuna.storages.fail_stale_trials(study)
+        st.fail_silent_trials(study, grace_s=3 * search.heartbeat_s)
 
 
 def _worker_entry(*args) -> None:  # a spawned worker process
+    from pipeline import interrupts
+
+    interrupts.install()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_worker(*args)
-
-
-def _quotas(remaining: int, n_workers: int) -> list[int]:
-    base, extra = divmod(remaining, n_workers)
-    return [base + (i < extra) for i in range(n_workers)]
+    try:
+        run_worker(*args)
+    except KeyboardInterrupt:  # its trial is already marked interrupted and its run KILLED
+        sys.exit(130)
 
 
 def _save_plots(study, multi: bool, out: Path) -> list[Path]:
@@ -106,6 +133,16 @@ def _save_plots(study, multi: bool, out: Path) -> list[Path]:
     return saved
 
 
+def _parent_lock(url: str):
+    """A file lock beside a SQLite study storage. Workers on other machines (PostgreSQL) start
+    after the first command has created the study's run, or each make one (documented)."""
+    if url.startswith("sqlite:///"):
+        from pipeline.filelock import locked
+
+        return locked(Path(url.removeprefix("sqlite:///")).parent / ".parent-run.lock")
+    return contextlib.nullcontext()
+
+
 def _parent_run_id(params: Params, study) -> str | None:
     """The study's MLflow run, if it exists in this store (a resumed study keeps its run)."""
     run_id = study.user_attrs.get("mlflow_parent_run_id")
@@ -129,7 +166,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
     card = prepared.card
     search = params.tune.search
     url = st.storage_url(params)
-    storage = st.open_storage(url)
+    storage = st.open_storage(url, search.heartbeat_s, params.tracking)
     study = st.load_study(params, family, card["sha256"], storage)
     multi = search.objective != "accuracy"
     tags = {**base_tags("tune", family, card["sha256"]), "role": "study", "study": study.study_name,
@@ -137,23 +174,34 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
             "pruning": "none (multi-objective studies cannot prune; early stopping still applies)" if multi
             else f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc"}
     t0 = time.perf_counter()
-    with tracked_run(params.tracking, f"tune-{family}", tags, run_id=_parent_run_id(params, study)) as parent:
-        study.set_user_attr("mlflow_parent_run_id", parent.run_id)
+    with _parent_lock(url):  # two commands starting one study at once share one parent run
+        parent_id = _parent_run_id(params, study)
+        if parent_id is None:
+            parent_id = create_run(params.tracking, f"tune-{family}", tags)
+            study.set_user_attr("mlflow_parent_run_id", parent_id)
+    with tracked_run(params.tracking, f"tune-{family}", tags, run_id=parent_id) as parent:
         # Params are fixed for a run's life: log what defines the study; the budget may grow on
         # a resumed study, so it goes in tags.
-        budget = {"n_trials", "timeout_s", "energy_budget_kwh", "n_workers", "storage"}
+        budget = {"n_trials", "timeout_s", "energy_budget_kwh", "n_workers", "storage", "heartbeat_s"}
         if not parent.has_params():
             parent.log_params({"search": search.model_dump(exclude=budget),
                                "space": {"train": st._dump(params.tune.space.train),
                                          "model": st._dump(params.tune.space.for_family(family))}})
         parent.set_tags({f"budget.{k}": getattr(search, k) for k in sorted(budget - {"storage"})})
         optuna.storages.fail_stale_trials(study)
-        done = sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if search.enqueue_baseline and not study.get_trials(deepcopy=False):
+            point = baseline_point(params, family)
+            if point:  # a new study starts from the known-good configuration of params.yaml
+                study.enqueue_trial(point, user_attrs={"origin": "params.yaml baseline"}, skip_if_exists=True)
+        retried = st.requeue_interrupted(study)
+        if retried:
+            print(f"[{family}] interrupted trial(s) {retried} queued again", flush=True)
+        done = st.trials_done(study)
         remaining = max(0, search.n_trials - done)
         print(f"[{family}] study {study.study_name} ({st.redact(url)}): {done} trials done, "
               f"{remaining} to run on {search.n_workers} worker(s)", flush=True)
-        if remaining:
-            quotas = [q for q in _quotas(remaining, search.n_workers) if q]
+        if remaining or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            n_workers = max(1, min(search.n_workers, remaining))
             bar = None
             if sys.stderr.isatty():
                 from tqdm import tqdm
@@ -161,12 +209,17 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
                 bar = tqdm(total=search.n_trials, initial=done, desc=f"tune {family}", unit="trial")
             progress = (lambda n: (setattr(bar, "n", n), bar.refresh())) if bar else None
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_entry, args=(params, family, url, q, i, len(quotas)), daemon=False)
-                     for i, q in enumerate(quotas[1:], start=1)]
+            procs = [ctx.Process(target=_worker_entry, args=(params, family, url, i, n_workers), daemon=False)
+                     for i in range(1, n_workers)]
             for p in procs:
                 p.start()
             try:
-                run_worker(params, family, url, quotas[0], 0, len(quotas), prepared, meter, progress)
+                run_worker(params, family, url, 0, n_workers, prepared, meter, progress, wait_for_others=True)
+            except BaseException:
+                for p in procs:  # SIGTERM: each worker ends its trial as interrupted, then exits
+                    if p.is_alive():
+                        p.terminate()
+                raise
             finally:
                 for p in procs:
                     p.join()
@@ -184,7 +237,8 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
                             "search/emissions_kg": emissions, **{f"search/trials_{k}": v for k, v in counts.items()}})
         chosen, front = st.select_trial(study, params)
         train_over, model_over = split_params(chosen.params)
-        parent.log_params({f"best_{k}": v for k, v in chosen.params.items()})
+        # Tags, not params: a resumed study reuses this run and its best trial may change.
+        parent.set_tags({f"best.{k}": v for k, v in chosen.params.items()})
         parent.log_metrics({"best/val_acc": chosen.values[0], "best/trial": chosen.number})
 
         # Refit the chosen configuration with the full training budget, as the tuned model.
@@ -211,6 +265,8 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
             "objective": search.objective,
             "trials": len(trials), "trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
             "trials_failed": counts["fail"],
+            "trials_interrupted": sum(bool(t.user_attrs.get(st.INTERRUPTED_ATTR)) for t in trials),
+            "trials_counted": st.trials_done(study),
             "search_energy_j": spent_kwh * J_PER_KWH, "search_energy_kwh": spent_kwh,
             "search_emissions_kg": emissions,
             "stage_duration_s": time.perf_counter() - t0,

@@ -1,0 +1,149 @@
+"""Per family: the compressed variant with the lowest inference energy per 1,000 predictions whose
+test accuracy is within 1 point of the original, its energy ratio to the original and its
+accuracy change. Target: a ratio of at most 0.5 for at least two families.
+
+Reads what the compress stage wrote (``dvc repro``, or ``python -m pipeline compress --family F``):
+the variants' test accuracy from ``metrics/compress/<family>-<source>.json`` and the models from
+``models/<family>/compressed/<source>/``. Energy is measured again here, with the evaluate stage's
+own protocol (``prediction_energy``: passes over the test split at the evaluation batch size for
+at least ``evaluate.energy_min_duration_s``), for the original and every variant in alternated
+order over ``--repeats`` rounds, and the medians are compared: one reading each, as in the stage,
+is exposed to whatever else the machine does at that moment. ``--from-metrics`` uses the stage's
+own figures instead.
+
+Beside the energy ratio it prints the ratio of **CPU time** per prediction (this process's own
+CPU seconds). Without a hardware counter, CodeCarbon's energy is CPU load x TDP plus a fixed RAM
+power times *wall* time, so other processes on a shared machine inflate a reading whenever they
+take the CPU away; CPU time is immune to that. Where the two ratios disagree, the machine was
+busy: trust neither alone, measure again on a quiet machine.
+
+    python benchmarks/compression_energy.py [--source baseline] [--repeats 5] [--from-metrics]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import paths  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
+
+TOLERANCE = 0.01  # one accuracy point
+TARGET_RATIO, TARGET_FAMILIES = 0.5, 2
+
+
+def remeasure(params, family: str, source: str, names: list[str], repeats: int, meter
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Energy per 1,000 predictions (J) and CPU seconds per 1,000 predictions of the original and
+    each variant, ``repeats`` readings each."""
+    import time
+
+    import torch
+
+    from pipeline.compression.artifact import load_variant
+    from pipeline.compression.quantize import set_engine
+    from pipeline.data.prepare import load_prepared
+    from pipeline.evaluation.evaluate import load_trained, prediction_energy
+    from pipeline.training.data import split_tensors
+
+    x, _ = split_tensors(load_prepared(params.data.dataset), "test")
+    set_engine(params.compress.quantize.engine)
+    models = {"original": load_trained(family, source)[0]}
+    for name in names:
+        models[name] = load_variant(paths.compressed_dir(family, source) / name)[0]
+    readings: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}
+    ev = params.evaluate
+    for r in range(repeats):
+        order = list(models) if r % 2 == 0 else list(reversed(models))
+        for name in order:
+            torch.manual_seed(params.base.seed)
+            c0 = time.process_time()
+            n, energy = prediction_energy(models[name], x, ev.batch_size, ev.energy_min_duration_s, meter)
+            cpu[name].append((time.process_time() - c0) / (n + len(x)) * 1000)  # + its warm-up pass
+            if energy.energy_j is None:
+                raise SystemExit("energy measurement unavailable on this machine (see the warning above)")
+            readings[name].append(energy.energy_j / n * 1000)
+    return readings, cpu
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--source", default=None, choices=["baseline", "tuned"],
+                    help="which compressed model (default: the first of compress.sources)")
+    ap.add_argument("--repeats", type=int, default=5, help="alternated energy readings per model (default 5)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--from-metrics", action="store_true", help="use the compress stage's figures, measure nothing")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    source = args.source or params.compress.sources[0]
+    meter = None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not args.from_metrics:
+        from pipeline.energy import EnergyMeter
+
+        meter = EnergyMeter(params.energy).prewarm()
+
+    print(f"source model: {source}; within {TOLERANCE * 100:.0f} accuracy point of the original; "
+          + ("energy from the compress stage's metrics" if args.from_metrics else
+             f"energy re-measured: median of {args.repeats} alternated readings per model"))
+    met = 0
+    families_seen = 0
+    for family in params.families:
+        path = paths.compress_metrics(family, source)
+        if not path.is_file():
+            print(f"\n{family}: no {path} (run `python -m pipeline compress --family {family} --source {source}`)")
+            continue
+        families_seen += 1
+        m = json.loads(path.read_text())
+        ref, variants = m["reference"], m["variants"]
+        cpu_ratio: dict[str, float] = {}
+        if args.from_metrics:
+            e_ref = ref.get("energy_per_1k_j")
+            energy = {k: v.get("energy_per_1k_j") for k, v in variants.items()}
+            spread = ref.get("energy_per_1k_j_spread")
+        else:
+            readings, cpu = remeasure(params, family, source, list(variants), args.repeats, meter)
+            e_ref = statistics.median(readings["original"])
+            energy = {k: statistics.median(readings[k]) for k in variants}
+            cpu_ratio = {k: statistics.median(cpu[k]) / statistics.median(cpu["original"]) for k in variants}
+            r = readings["original"]
+            spread = (max(r) - min(r)) / e_ref if e_ref else None
+        print(f"\n{family} ({source}): original test/acc {ref['test_acc']:.4f}, {e_ref:.4f} J/1k predictions"
+              + (f" (spread of its readings {spread:.0%})" if spread is not None else ""))
+        rows = []
+        for name, v in variants.items():
+            if energy.get(name) is None or not e_ref:
+                continue
+            ratio = energy[name] / e_ref
+            ok = v["acc_delta"] >= -TOLERANCE - 1e-12
+            rows.append((name, v["acc_delta"], energy[name], ratio, ok))
+            cpu_txt = f"  CPU-time ratio {cpu_ratio[name]:5.2f}" if name in cpu_ratio else ""
+            print(f"  {name:34s} acc {v['test_acc']:.4f} ({v['acc_delta'] * 100:+5.1f} pts)  "
+                  f"{energy[name]:.4f} J/1k  energy ratio {ratio:5.2f}{cpu_txt}{'' if ok else '   (outside 1 point)'}")
+        eligible = [r for r in rows if r[4]]
+        if not eligible:
+            print(f"  -> no variant within {TOLERANCE * 100:.0f} point of the original")
+            continue
+        best = min(eligible, key=lambda r: r[2])
+        hit = best[3] <= TARGET_RATIO
+        met += hit
+        cpu_txt = f" (CPU-time ratio {cpu_ratio[best[0]]:.2f})" if best[0] in cpu_ratio else ""
+        print(f"  -> best within 1 point: {best[0]}: energy ratio {best[3]:.2f}{cpu_txt}, accuracy change "
+              f"{best[1] * 100:+.1f} points {'(meets <= 0.5)' if hit else '(above 0.5)'}")
+    verdict = "MET" if met >= TARGET_FAMILIES else "NOT MET"
+    print(f"\ntarget (energy ratio <= {TARGET_RATIO} within 1 accuracy point, for >= {TARGET_FAMILIES} families): "
+          f"{verdict} ({met} of {families_seen} families)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

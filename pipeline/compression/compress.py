@@ -1,0 +1,391 @@
+"""The ``compress`` stage: turn one trained model into variants (int8 quantization, pruning,
+distillation) and measure each exactly like the evaluate stage measures the originals.
+
+For every variant: test accuracy and macro-F1 and their change against the source model,
+parameters (total and non-zero), size on disk, latency per sample, throughput and energy per
+1,000 predictions, FLOPs per sample where countable, and the energy the compression itself spent
+(quantizing and calibrating, fine-tuning, teacher outputs and student training), hence the number
+of predictions after which it pays back. The source model is measured in the same process at the
+start and at the end of the stage, so variants are compared with a reference taken under the
+same conditions (the spread between the two readings is recorded as the noise floor).
+
+Each variant is one MLflow run (tags ``stage=compress``, ``technique``, ``level``, ``variant``,
+``source_run_id``) with the compressed model as its artifact; the stage writes
+``models/<family>/compressed/<source>/<variant>/`` and ``metrics/compress/<family>-<source>.json``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import paths
+from pipeline.compression import measure
+from pipeline.compression.artifact import load_variant, save_variant
+from pipeline.compression.distill import Batches, DistillClassifier, student_name, student_spec
+from pipeline.compression.finetune import fit_module, logits, train_cfg
+from pipeline.compression.prune import compact, make_permanent, prune_global, prune_structured, weight_sparsity
+from pipeline.compression.quantize import quantize_dynamic, quantize_static, set_engine, static_unsupported_reason
+from pipeline.config import Params
+from pipeline.data.prepare import Prepared, load_prepared
+from pipeline.energy import EnergyMeter, EnergyReading
+from pipeline.evaluation.evaluate import InferenceMeasurement, load_trained, measure_inference
+from pipeline.models.factory import ModelSpec
+from pipeline.tracking import Run, base_tags, client_for, tracked_run
+from pipeline.training.data import TensorBatches, split_tensors
+from pipeline.training.module import Classifier
+
+QUANT_DYNAMIC, QUANT_STATIC = "quant_dynamic", "quant_static"
+PRUNE_GLOBAL, PRUNE_STRUCTURED = "prune_global", "prune_structured"
+DISTILL, SCRATCH = "distill", "scratch"  # scratch: the distillation's student trained from labels alone
+TECHNIQUES = (QUANT_DYNAMIC, QUANT_STATIC, PRUNE_GLOBAL, PRUNE_STRUCTURED, DISTILL, SCRATCH)
+
+
+@dataclass
+class Built:
+    """What a compression produced: the model to save, the float architecture it rebuilds from,
+    how to rebuild it, and technique-specific facts (sparsity reached, training history)."""
+
+    model: nn.Module
+    spec: ModelSpec
+    recipe: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    counts_from: nn.Module | None = None  # float model whose parameters a quantized model holds
+
+
+@dataclass
+class Plan:
+    technique: str
+    level: str
+    build: Callable[[], Built]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.technique}-{self.level}"
+
+
+@dataclass
+class Context:
+    params: Params
+    family: str
+    source: str
+    teacher: nn.Module
+    spec: ModelSpec
+    prepared: Prepared
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_tensors(self.prepared, split)
+
+    def val_batches(self) -> TensorBatches:
+        return TensorBatches(*self.tensors("val"), self.params.evaluate.batch_size, shuffle=False)
+
+
+def _level(value: float) -> str:
+    return f"{value:g}"
+
+
+def _finetune(ctx: Context, model: nn.Module, epochs: int) -> list[dict]:
+    cfg = ctx.params.compress
+    if epochs <= 0:
+        return []
+    module = Classifier(model, ctx.spec.num_classes, train_cfg(cfg.prune.lr, cfg.batch_size, epochs))
+    seed = ctx.params.base.seed
+    history = fit_module(module, TensorBatches(*ctx.tensors("train"), cfg.batch_size, shuffle=True, seed=seed),
+                         ctx.val_batches(), epochs, seed)
+    model.eval()
+    return history
+
+
+def _plan_quantize(ctx: Context, skipped: dict[str, str]) -> list[Plan]:
+    q = ctx.params.compress.quantize
+    plans = []
+    for mode in q.modes:
+        if mode == "dynamic":
+            def build() -> Built:
+                set_engine(q.engine)
+                return Built(quantize_dynamic(ctx.teacher, ctx.family), ctx.spec,
+                             {"quantization": "dynamic", "engine": q.engine}, counts_from=ctx.teacher)
+
+            plans.append(Plan(QUANT_DYNAMIC, "int8", build, {"engine": q.engine}))
+        else:
+            reason = static_unsupported_reason(ctx.family)
+            if reason:
+                skipped[f"{QUANT_STATIC}-int8"] = reason
+                continue
+
+            def build_static() -> Built:
+                seed = ctx.params.base.seed
+                batches = TensorBatches(*ctx.tensors("train"), ctx.params.compress.batch_size, shuffle=True, seed=seed)
+                calib = [xb for xb, _ in zip((b[0] for b in batches), range(q.calibration_batches))]
+                model = quantize_static(ctx.teacher, ctx.family, calib, q.engine)
+                return Built(model, ctx.spec, {"quantization": "static", "engine": q.engine},
+                             {"calibration_samples": sum(len(b) for b in calib)}, counts_from=ctx.teacher)
+
+            plans.append(Plan(QUANT_STATIC, "int8", build_static,
+                              {"engine": q.engine, "calibration_batches": q.calibration_batches}))
+    return plans
+
+
+def _plan_prune(ctx: Context) -> list[Plan]:
+    p = ctx.params.compress.prune
+    plans = []
+    for kind in p.kinds:
+        for sparsity in p.sparsity:
+            def build(kind=kind, sparsity=sparsity) -> Built:
+                if kind == "global":
+                    state = prune_global(ctx.teacher, sparsity)
+                else:
+                    state = prune_structured(ctx.teacher, ctx.family, sparsity)
+                history = _finetune(ctx, state.model, p.finetune_epochs)
+                make_permanent(state)
+                if kind == "global":
+                    return Built(state.model.eval(), ctx.spec, {}, {"sparsity": weight_sparsity(state.model)}, history)
+                n_units = _units(ctx.teacher, ctx.family)
+                model, spec, extra = compact(state, ctx.spec)
+                kept = len(state.keep[0])
+                return Built(model, spec, extra, {"units_before": n_units, "units_after": kept,
+                                                  "units_removed_fraction": 1 - kept / n_units}, history)
+
+            technique = PRUNE_GLOBAL if kind == "global" else PRUNE_STRUCTURED
+            plans.append(Plan(technique, _level(sparsity), build,
+                              {"sparsity": sparsity, "finetune_epochs": p.finetune_epochs, "lr": p.lr}))
+    return plans
+
+
+def _units(model: nn.Module, family: str) -> int:
+    """Neurons/channels/hidden units per pruned layer before structured pruning."""
+    if family == "mlp":
+        return model.net[1].out_features
+    if family == "cnn":
+        return model.features[0].out_channels
+    if family == "rnn":
+        return model.rnn.hidden_size
+    return model.encoder.layers[0].linear1.out_features
+
+
+def _plan_distill(ctx: Context) -> list[Plan]:
+    d = ctx.params.compress.distill
+    family = ctx.family if d.student_family == "same" else d.student_family
+    overrides = ctx.params.compress.distill.student.for_family(family)
+    teacher_params = sum(p.numel() for p in ctx.teacher.parameters())
+    s_spec = student_spec(ctx.spec, d.student_family, overrides, teacher_params)  # fails early, naming the key
+    name = student_name(family, overrides)
+    seed = ctx.params.base.seed
+    bs = ctx.params.compress.batch_size
+
+    def train_student(with_teacher: bool) -> Built:
+        import lightning.pytorch as pl
+
+        from pipeline.models.factory import build_model
+
+        x, y = ctx.tensors("train")
+        tensors: tuple[torch.Tensor, ...] = (x, y)
+        if with_teacher:
+            tensors = (x, y, logits(ctx.teacher, x, ctx.params.evaluate.batch_size))
+        pl.seed_everything(seed, workers=True, verbose=False)  # the same initial student both times
+        student = build_model(s_spec)
+        module = DistillClassifier(student, s_spec.num_classes, train_cfg(d.lr, bs, d.epochs), d.temperature,
+                                   d.alpha if with_teacher else 0.0)
+        history = fit_module(module, Batches(tensors, bs, shuffle=True, seed=seed), ctx.val_batches(), d.epochs, seed)
+        best = max((r.get("val/acc", float("-inf")) for r in history), default=None)
+        return Built(student.eval(), s_spec, {"student": name}, {"student_val_acc": best}, history)
+
+    settings = {"student_family": family, "student": s_spec.hparams, "epochs": d.epochs, "lr": d.lr, "batch_size": bs}
+    return [
+        Plan(DISTILL, name, lambda: train_student(True), {**settings, "temperature": d.temperature, "alpha": d.alpha}),
+        Plan(SCRATCH, name, lambda: train_student(False), settings),
+    ]
+
+
+def plan_variants(ctx: Context) -> tuple[list[Plan], dict[str, str]]:
+    """The variants params.compress asks for, in order, and those skipped with the reason."""
+    plans: list[Plan] = []
+    skipped: dict[str, str] = {}
+    for technique in ctx.params.compress.techniques:
+        if technique == "quantize":
+            plans += _plan_quantize(ctx, skipped)
+        elif technique == "prune":
+            plans += _plan_prune(ctx)
+        elif technique == "distill":
+            plans += _plan_distill(ctx)
+    return plans, skipped
+
+
+def _measure(ctx: Context, model: nn.Module, meter: EnergyMeter) -> InferenceMeasurement:
+    x, _ = ctx.tensors("test")
+    y = ctx.prepared.arrays["y_test"]
+    return measure_inference(model, x, y, ctx.spec.num_classes, ctx.params.evaluate, meter)
+
+
+def _size_figures(model: nn.Module, spec: ModelSpec, model_path: Path, quantized: bool,
+                  counts_from: nn.Module | None) -> dict:
+    total, nonzero = measure.param_counts(counts_from if quantized and counts_from is not None else model)
+    flops, note = measure.inference_flops(model, spec, quantized)
+    out = {"params_total": total, "params_nonzero": nonzero, "size_bytes": model_path.stat().st_size,
+           "size_bytes_gzip": measure.gzip_size_bytes(model_path), "flops_per_sample_inference": flops,
+           "flops_note": note}
+    return out
+
+
+def _reference(ctx: Context, first: InferenceMeasurement, last: InferenceMeasurement) -> dict:
+    source_dir = paths.model_dir(ctx.family, ctx.source)
+    ref = {k: v for k, v in first.metrics().items() if k != "energy_method"}
+    a, b = first.metrics().get("energy_per_1k_j"), last.metrics().get("energy_per_1k_j")
+    if a is not None and b is not None:
+        ref["energy_per_1k_j"] = (a + b) / 2
+        ref["energy_per_1k_j_first"], ref["energy_per_1k_j_last"] = a, b
+        ref["energy_per_1k_j_spread"] = abs(a - b) / ((a + b) / 2)
+    ref["throughput_per_s"] = (first.metrics()["throughput_per_s"] + last.metrics()["throughput_per_s"]) / 2
+    ref.update(_size_figures(ctx.teacher, ctx.spec, source_dir / "model.pt", False, None))
+    return ref
+
+
+def _variant_metrics(m: InferenceMeasurement, ref: dict, ref_pred: np.ndarray, cost: EnergyReading,
+                     sizes: dict, built: Built) -> dict:
+    out = {k: v for k, v in m.metrics().items() if k != "energy_method"}
+    out["acc_delta"] = out["test_acc"] - ref["test_acc"]
+    out["f1_delta"] = out["test_f1_macro"] - ref["test_f1_macro"]
+    out["agreement_with_source"] = float((m.y_pred == ref_pred).mean())
+    out["latency_ratio"] = out["latency_ms_per_sample"] / ref["latency_ms_per_sample"]
+    out["throughput_ratio"] = out["throughput_per_s"] / ref["throughput_per_s"]
+    out.update(sizes)
+    out["size_ratio"] = sizes["size_bytes"] / ref["size_bytes"]
+    out.update(built.info)
+    out["compress_duration_s"] = cost.duration_s
+    if cost.energy_j is not None:
+        out["compress_energy_j"] = cost.energy_j
+        out["compress_energy_kwh"] = cost.energy_kwh
+        out["compress_emissions_kg"] = cost.emissions_kg
+    e_var, e_ref = out.get("energy_per_1k_j"), ref.get("energy_per_1k_j")
+    if e_var is not None and e_ref:
+        out["energy_ratio"] = e_var / e_ref
+        saved_per_prediction = (e_ref - e_var) / 1000
+        if cost.energy_j is not None and saved_per_prediction > 0:
+            out["payback_predictions"] = cost.energy_j / saved_per_prediction
+        else:
+            out["payback"] = "never: no inference energy saved"
+    return out
+
+
+_METRIC_NAMES = {
+    "test_acc": "test/acc", "test_f1_macro": "test/f1_macro", "energy_per_1k_j": "test/energy_per_1k_j",
+    "latency_ms_per_sample": "test/latency_ms_per_sample", "throughput_per_s": "test/throughput_per_s",
+    "predictions_measured": "test/predictions_measured", "emissions_per_1k_kg": "test/emissions_per_1k_kg",
+    "inference_mean_power_w": "test/inference_mean_power_w", "acc_delta": "test/acc_delta",
+    "f1_delta": "test/f1_delta", "agreement_with_source": "test/agreement_with_source",
+    "params_total": "model/params_total", "params_nonzero": "model/params_nonzero",
+    "size_bytes": "model/size_bytes", "size_bytes_gzip": "model/size_bytes_gzip",
+    "flops_per_sample_inference": "model/flops_per_sample_inference",
+    "payback_predictions": "compress/payback_predictions", "energy_ratio": "compress/energy_ratio",
+    "latency_ratio": "compress/latency_ratio", "throughput_ratio": "compress/throughput_ratio",
+    "size_ratio": "compress/size_ratio", "sparsity": "compress/sparsity",
+    "units_removed_fraction": "compress/units_removed_fraction", "student_val_acc": "compress/student_val_acc",
+}
+
+
+def _log_work(run: Run, ctx: Context, plan: Plan, cost: EnergyReading, built: Built, variant_dir: Path) -> None:
+    """What is known once the variant is made: settings, the compression's energy, its training
+    curve, the model files."""
+    run.log_params({"family": ctx.family, "source": ctx.source, "technique": plan.technique, "level": plan.level,
+                    "settings": plan.settings, "model": built.spec.hparams, "evaluate": ctx.params.evaluate.model_dump()})
+    run.log_metrics(cost.metrics("energy"))  # what the compression itself spent
+    for row in built.history:
+        run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    for f in sorted(variant_dir.iterdir()):
+        run.log_artifact(f, "model")
+
+
+def _log_figures(run: Run, metrics: dict, reference: dict) -> None:
+    """The measured figures, once the reference's second reading is in."""
+    run.log_metrics({_METRIC_NAMES[k]: v for k, v in metrics.items()
+                     if k in _METRIC_NAMES and isinstance(v, (int, float))})
+    run.log_metrics({"reference/test_acc": reference["test_acc"],
+                     "reference/energy_per_1k_j": reference.get("energy_per_1k_j")})
+    run.set_tags({"flops_note": metrics.get("flops_note"), "payback": metrics.get("payback")})
+
+
+def compress_family(params: Params, family: str, source: str = paths.BASELINE, meter: EnergyMeter | None = None,
+                    prepared: Prepared | None = None) -> dict:
+    """The compress stage for one trained model (``source``: baseline or tuned) of ``family``."""
+    t0 = time.perf_counter()
+    meter = (meter or EnergyMeter(params.energy)).prewarm()
+    prepared = prepared or load_prepared(params.data.dataset)
+    teacher, spec, source_run = load_trained(family, source)
+    torch.manual_seed(params.base.seed)
+    ctx = Context(params, family, source, teacher, spec, prepared)
+    plans, skipped = plan_variants(ctx)  # bad params fail here, before any work or run
+
+    out_root = paths.compressed_dir(family, source)
+    if out_root.exists():
+        shutil.rmtree(out_root)
+    out_root.mkdir(parents=True)
+    data_hash = prepared.card["sha256"]
+    source_run_id = source_run.get("run_id", "unknown")
+
+    first = _measure(ctx, teacher, meter)
+    done = []
+    for plan in plans:
+        tags = {**base_tags("compress", family, data_hash), "variant": plan.name, "technique": plan.technique,
+                "level": plan.level, "source_run_id": source_run_id, "source_variant": source,
+                "energy_method": meter.method}
+        name = f"compress-{family}-{source}-{plan.name}"
+        with tracked_run(params.tracking, name, tags) as run:
+            torch.manual_seed(params.base.seed)
+            with meter.measure() as m:
+                built = plan.build()
+            cost = m.total
+            recipe = {"technique": plan.technique, "level": plan.level, **built.recipe,
+                      "source": {"family": family, "variant": source, "run_id": source_run_id}}
+            variant_dir = out_root / plan.name
+            model_path = save_variant(variant_dir, built.model, built.spec, recipe)
+            model, _, _ = load_variant(variant_dir)  # measure what was saved
+            quantized = bool(built.recipe.get("quantization"))
+            sizes = _size_figures(model, built.spec, model_path, quantized, built.counts_from)
+            result = _measure(ctx, model, meter)
+            _log_work(run, ctx, plan, cost, built, variant_dir)
+        done.append((plan, name, run.run_id, result, cost, sizes, built))
+        print(f"[{family}/{source}] {plan.name}: test/acc {result.acc:.4f}, "
+              f"{result.metrics().get('energy_per_1k_j', float('nan')):.4f} J/1k predictions, "
+              f"compression {cost.energy_j if cost.energy_j is not None else float('nan'):.2f} J", flush=True)
+
+    # The reference is measured again last: variants are compared with the mean of both readings.
+    last = _measure(ctx, teacher, meter)
+    reference = _reference(ctx, first, last)
+    variants: dict[str, dict] = {}
+    client, _ = client_for(params.tracking)
+    for plan, name, run_id, result, cost, sizes, built in done:
+        metrics = {"technique": plan.technique, "level": plan.level,
+                   **_variant_metrics(result, reference, first.y_pred, cost, sizes, built)}
+        _log_figures(Run(client, run_id), metrics, reference)  # onto the variant's finished run
+        variants[plan.name] = metrics
+
+    out = {
+        "family": family,
+        "source": source,
+        "source_run_id": source_run_id,
+        "energy_method": meter.method,
+        "reference": reference,
+        "variants": variants,
+        "skipped": skipped,
+        "stage_duration_s": time.perf_counter() - t0,
+    }
+    path = paths.compress_metrics(family, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(out), indent=2) + "\n")
+    return out
+
+
+def _clean(d):
+    """JSON without None values (DVC and readers treat absent as unknown)."""
+    if isinstance(d, dict):
+        return {k: _clean(v) for k, v in d.items() if v is not None}
+    return d

@@ -1,0 +1,103 @@
+"""Knowledge distillation: a smaller student trained on the teacher's softened outputs.
+
+Loss (Hinton et al., 2015): ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) +
+(1 - alpha) * cross_entropy(student, labels)``; the T^2 keeps the soft term's gradients on the
+scale of the hard term's. The teacher runs in eval mode (no dropout) on data without
+augmentation, so its logits are computed once per training sample, not once per epoch.
+
+The same student is also trained from labels alone (``teacher_logits=None``) with the same seed,
+initial weights, batches, epochs and learning rate, so the teacher's benefit is measured.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pipeline.config import MODEL_CFGS, ParamsError, TrainCfg
+from pipeline.models.factory import ModelSpec, build_model
+from pipeline.training.module import Classifier
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    hard = nn.functional.cross_entropy(student_logits, y)
+    if teacher_logits is None:
+        return hard
+    t = temperature
+    soft = nn.functional.kl_div(nn.functional.log_softmax(student_logits / t, dim=1),
+                                nn.functional.log_softmax(teacher_logits / t, dim=1),
+                                reduction="batchmean", log_target=True) * (t * t)
+    return alpha * soft + (1 - alpha) * hard
+
+
+class DistillClassifier(Classifier):
+    """The train stage's Classifier with the distillation loss; batches are (x, y, teacher
+    logits) or (x, y) for the labels-only student."""
+
+    def __init__(self, model: nn.Module, num_classes: int, cfg: TrainCfg, temperature: float, alpha: float):
+        super().__init__(model, num_classes, cfg)
+        self.temperature, self.alpha = temperature, alpha
+
+    def training_step(self, batch, batch_idx):
+        x, y, *rest = batch
+        teacher = rest[0] if rest else None
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = distillation_loss(logits, teacher, y, self.temperature, self.alpha)
+        self.manual_backward(loss)
+        opt.step()
+        self._losses.append(loss.detach())
+        self._sizes.append(len(y))
+        self._preds.append(logits.detach().argmax(1))
+        self._targets.append(y)
+        return loss
+
+
+class Batches:
+    """Mini-batches of aligned in-memory tensors, reshuffled each pass by a seeded generator; the
+    same seed gives the same order whether or not teacher logits ride along."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0):
+        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.tensors[0])
+        tensors = self.tensors
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator)
+            tensors = tuple(t[order] for t in tensors)
+        for i in range(0, n, self.batch_size):
+            yield tuple(t[i:i + self.batch_size] for t in tensors)
+
+
+def student_name(family: str, overrides: dict) -> str:
+    """A short, file-safe name such as ``cnn_channels16`` or ``transformer_d_model32_num_layers1``."""
+    parts = [family] + [f"{k}{v}" for k, v in overrides.items()]
+    return "_".join(str(p) for p in parts).replace(".", "p")
+
+
+def student_spec(teacher: ModelSpec, student_family: str, overrides: dict, teacher_params: int) -> ModelSpec:
+    """The student: the teacher's hyperparameters (same family) or the family's defaults (another
+    family), with the overrides; it must have fewer parameters than the teacher."""
+    family = teacher.family if student_family == "same" else student_family
+    cfg_cls = MODEL_CFGS[family]
+    base = dict(teacher.hparams) if family == teacher.family else cfg_cls().model_dump()
+    key = f"compress.distill.student.{family}"
+    try:
+        hparams = cfg_cls.model_validate({**base, **overrides}).model_dump()
+    except Exception as err:
+        raise ParamsError(f"{key}: the student's hyperparameters {overrides} do not fit the teacher's "
+                          f"{teacher.hparams}: {err}") from None
+    spec = ModelSpec(family, teacher.input_shape, teacher.num_classes, hparams)
+    n = sum(p.numel() for p in build_model(spec).parameters())
+    if n >= teacher_params:
+        raise ParamsError(f"{key}: the student ({hparams}) has {n:,} parameters, not fewer than the "
+                          f"teacher's {teacher_params:,}; choose smaller overrides")
+    return spec

@@ -1,0 +1,165 @@
+"""The report's figures (matplotlib, Agg backend: no display, no network).
+
+Points are drawn with one ``scatter`` call per (family, stage, on/off the front) set, not one per
+point, so a figure of a thousand models costs about as much as one of ten.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from pipeline.reporting.compare import AXES, Comparison
+
+FAMILY_COLORS = {"mlp": "#1f77b4", "cnn": "#ff7f0e", "rnn": "#2ca02c", "transformer": "#d62728"}
+STAGE_MARKERS = {"train": "o", "tune": "s", "sweep": "^", "compress": "D"}
+MAX_LABELS = 8  # a longer front has only its ends and its knee labelled; the tables name the rest
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _color(family: str) -> str:
+    return FAMILY_COLORS.get(family, "#7f7f7f")
+
+
+def _tick_label(v: float, _pos=None) -> str:
+    if 1 <= v < 1e7:
+        return f"{v:,.0f}"
+    return f"{v:g}" if 1e-3 <= v < 1 else f"{v:.0e}"
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain tick labels at 1, 2, 5 x 10^k (no crowded minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(_tick_label))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _legend(ax, families: list[str], stages: list[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=_color(f), label=f) for f in families]
+    handles += [Line2D([], [], ls="", marker=STAGE_MARKERS.get(s, "x"), color="#555555", mfc="none", label=s)
+                for s in stages]
+    handles += [Line2D([], [], ls="--", color="k", lw=1, label="Pareto front"),
+                Line2D([], [], ls="", marker="*", ms=14, mfc="gold", mec="k", label="knee")]
+    ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+
+
+def pareto_figure(cmp: Comparison, path: Path) -> Path:
+    """Test accuracy against each energy axis: front opaque and joined, dominated runs faded,
+    knee starred."""
+    plt = _plt()
+    rows = cmp.rows
+    fig, axes = plt.subplots(1, len(AXES), figsize=(6 * len(AXES), 5), squeeze=False)
+    families = sorted({r["family"] for r in rows}, key=lambda f: (f not in FAMILY_COLORS, f))
+    stages = sorted({r["stage"] for r in rows})
+    for ax, (key, title, axis) in zip(axes[0], AXES):
+        front, knee_i = cmp.fronts[axis], cmp.knees[axis]
+        on = set(front)
+        usable = [i for i, r in enumerate(rows) if r[key] is not None and r[key] > 0 and r["test_acc"] is not None]
+        sets: dict[tuple, list[int]] = {}
+        for i in usable:
+            sets.setdefault((rows[i]["family"], rows[i]["stage"], i in on), []).append(i)
+        for (family, stage, is_front), idx in sets.items():
+            ax.scatter([rows[i][key] for i in idx], [rows[i]["test_acc"] for i in idx],
+                       c=_color(family), marker=STAGE_MARKERS.get(stage, "x"),
+                       s=60 if is_front else 30, alpha=1.0 if is_front else 0.25,
+                       edgecolors="k" if is_front else "none", linewidths=0.6, zorder=3 if is_front else 2)
+        if front:
+            ax.plot([rows[i][key] for i in front], [rows[i]["test_acc"] for i in front], "k--", lw=1, zorder=1)
+            xs = [rows[i][key] for i in front]
+            mid = (min(xs) * max(xs)) ** 0.5  # labels of the right half go to the left of their point
+            labelled = front if len(front) <= MAX_LABELS else [front[0], front[-1], *([knee_i] if knee_i is not None else [])]
+            for i in labelled:
+                right = rows[i][key] > mid
+                ax.annotate(rows[i]["label"], (rows[i][key], rows[i]["test_acc"]), textcoords="offset points",
+                            xytext=(-6 if right else 6, -11), ha="right" if right else "left", fontsize=7)
+        if knee_i is not None:
+            ax.scatter([rows[knee_i][key]], [rows[knee_i]["test_acc"]], marker="*", s=320, c="gold",
+                       edgecolors="k", linewidths=0.8, zorder=4)
+        if usable:
+            ax.set_xscale("log")
+            _log_axis(ax.xaxis)
+            ax.margins(x=0.08, y=0.08)
+        else:
+            ax.text(0.5, 0.5, "no model has this measurement", transform=ax.transAxes, ha="center", color="#777777")
+        ax.set_xlabel(f"{title}, log scale")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"Accuracy vs {title.split(' (')[0]}", fontsize=11)
+        ax.grid(alpha=0.3, which="both")
+    _legend(axes[0][0], families, stages)
+    # Fixed margins: tight_layout would draw the whole figure once more just to measure it.
+    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.11, top=0.93, wspace=0.16)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# Rows of a family's size series: its baseline and its sweep sizes (same training budget).
+SERIES_STAGES = ("train", "sweep")
+
+
+def size_figure(cmp: Comparison, path: Path) -> Path:
+    """Accuracy and training energy against parameters and inference FLOPs per sample, one
+    colour per family; a family's baseline and sweep sizes of one group joined by a line, other
+    models (tuned, compressed) as open markers."""
+    plt = _plt()
+    rows = cmp.rows
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), squeeze=False)
+    panels = [("params", "parameters"), ("flops_per_sample_inference", "inference FLOPs per sample")]
+    ys = [("test_acc", "test accuracy", False), ("train_energy_j", "training energy (J, log scale)", True)]
+    families = sorted({r["family"] for r in rows}, key=lambda f: (f not in FAMILY_COLORS, f))
+    for row_i, (ykey, ytitle, ylog) in enumerate(ys):
+        for col_i, (xkey, xtitle) in enumerate(panels):
+            ax = axes[row_i][col_i]
+            drawn = False
+            for family in families:
+                pts = [r for r in rows if r["family"] == family and r[xkey] and r[ykey] is not None
+                       and (not ylog or r[ykey] > 0)]
+                series: dict[str, list[dict]] = {}
+                for r in pts:
+                    if r["stage"] in SERIES_STAGES:
+                        series.setdefault(r["group"], []).append(r)
+                xs, ys = [], []  # every series of the family in one line, NaN-separated: one artist
+                for members in series.values():
+                    members.sort(key=lambda r: r[xkey])
+                    xs += [r[xkey] for r in members] + [math.nan]
+                    ys += [r[ykey] for r in members] + [math.nan]
+                if xs:
+                    ax.plot(xs, ys, "-o", color=_color(family), ms=5, lw=1.2, alpha=0.85)
+                others = [r for r in pts if r["stage"] not in SERIES_STAGES]
+                if others:
+                    ax.scatter([r[xkey] for r in others], [r[ykey] for r in others], facecolors="none",
+                               edgecolors=_color(family), s=30, alpha=0.7)
+                drawn = drawn or bool(pts)
+            if drawn:
+                ax.set_xscale("log")
+                _log_axis(ax.xaxis)
+                if ylog:
+                    ax.set_yscale("log")
+                    _log_axis(ax.yaxis)
+            else:
+                ax.text(0.5, 0.5, "not measured for the selected models", transform=ax.transAxes,
+                        ha="center", color="#777777")
+            ax.set_xlabel(f"{xtitle}, log scale")
+            ax.set_ylabel(ytitle)
+            ax.grid(alpha=0.3, which="both")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", color=_color(f), label=f"{f}: baseline and sweep sizes") for f in families]
+    handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="#555555", label="other models (tuned, compressed)"))
+    axes[0][0].legend(handles=handles, fontsize=8, loc="lower right")
+    fig.suptitle("Model size: accuracy and training energy against parameters and FLOPs", fontsize=12)
+    fig.subplots_adjust(left=0.07, right=0.985, bottom=0.07, top=0.94, wspace=0.2, hspace=0.22)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,239 @@
+"""The comparison as text: a Markdown summary and one self-contained HTML page.
+
+The HTML embeds its figures as base64 ``data:`` URIs and its style inline: it loads nothing, so
+it reads the same in a browser with no network, from a mail attachment or from a CI artifact.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.reporting.compare import AXES, Comparison
+
+# (row key, column title, format) of the per-family tables.
+COLUMNS = [
+    ("label", "model", "{}"),
+    ("stage", "stage", "{}"),
+    ("fronts", "front", "{}"),
+    ("test_acc", "test acc", "{:.4f}"),
+    ("test_f1_macro", "macro-F1", "{:.4f}"),
+    ("train_energy_j", "train energy (J)", "{:,.1f}"),
+    ("train_energy_wh", "train energy (Wh)", "{:.4f}"),
+    ("train_emissions_g", "train CO2eq (g)", "{:.4f}"),
+    ("train_duration_s", "train time (s)", "{:.1f}"),
+    ("search_energy_j", "search energy (J)", "{:,.1f}"),
+    ("energy_per_1k_j", "inference J/1k pred", "{:.4f}"),
+    ("params", "params", "{:,.0f}"),
+    ("flops_per_sample_inference", "FLOPs/sample", "{:,.0f}"),
+    ("train_flops_total", "train FLOPs", "{:.3g}"),
+    ("flops_per_joule", "FLOPs/J", "{:.3g}"),
+    ("energy_method", "energy method", "{}"),
+]
+AXIS_LETTER = {"train": "T", "inference": "I", "search": "S"}
+MAX_FRONT_LISTED = 10  # front models named in the summary's sentence per axis
+KNEE = "\u2605"  # a star
+
+
+@dataclass(frozen=True)
+class Section:
+    """An extra section of the report (e.g. a stage's own details), written in Markdown."""
+
+    title: str
+    markdown: str
+    # Where the section's relative image links point; the HTML page embeds those images.
+    base: Path | None = None
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: Path
+    caption: str
+
+
+def fmt(value, spec: str) -> str:
+    if value is None or value == "":
+        return "n/a"
+    try:
+        return spec.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _fronts_cell(r: dict) -> str:
+    marks = []
+    for _, _, axis in AXES:
+        if r.get(f"front_{axis}"):
+            marks.append(AXIS_LETTER[axis] + (KNEE if r.get(f"knee_{axis}") else ""))
+    return " ".join(marks)
+
+
+def _cells(r: dict) -> list[str]:
+    row = {**r, "fronts": _fronts_cell(r) or "-"}
+    return [fmt(row.get(key), spec) for key, _, spec in COLUMNS]
+
+
+def _on_any_front(r: dict) -> bool:
+    return any(r.get(f"front_{axis}") for _, _, axis in AXES)
+
+
+def _by_family(cmp: Comparison) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in cmp.rows:  # already sorted by accuracy
+        out.setdefault(r["family"], []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).isoformat(sep=" ", timespec="seconds")
+
+
+def scope_text(cmp: Comparison) -> str:
+    groups = cmp.groups
+    shown = ", ".join(groups[:12]) + (f" and {len(groups) - 12} more" if len(groups) > 12 else "")
+    return (f"{len(cmp.rows)} models from {cmp.runs_read} runs of MLflow experiment(s) "
+            f"{', '.join(cmp.experiments)}; groups (DVC experiment, else git commit): {shown}. "
+            f"Selection: {cmp.filters.describe()}. Generated {_when(cmp.generated_ms)}.")
+
+
+def _knee_lines(cmp: Comparison) -> list[tuple[str, str]]:
+    """(axis title, sentence) per energy axis: its knee and its front from cheap to accurate."""
+    out = []
+    for key, title, axis in AXES:
+        front, k = cmp.fronts[axis], cmp.knees[axis]
+        if not front:
+            out.append((title, "no model has this measurement."))
+            continue
+        kr = cmp.rows[k]
+        steps = ", ".join(f"{cmp.rows[i]['label']} ({cmp.rows[i]['test_acc']:.4f} at {fmt(cmp.rows[i][key], '{:.4g}')} J)"
+                          for i in front[:MAX_FRONT_LISTED])
+        if len(front) > MAX_FRONT_LISTED:
+            steps += f", and {len(front) - MAX_FRONT_LISTED} more (column \"front\" of the tables)"
+        out.append((title, f"knee {KNEE} **{kr['label']}**: test accuracy {kr['test_acc']:.4f} for "
+                           f"{fmt(kr[key], '{:.4g}')} J. Front, cheapest first: {steps}."))
+    return out
+
+
+NOTES = [
+    "Costs are CodeCarbon's measurements (the energy method column says how: `cpu=rapl` is a hardware "
+    "counter, `cpu=estimate:...` an estimate from CPU load and TDP); compare models measured the same way.",
+    "**Training energy** is the training run's own; a compressed variant adds its compression cost to its "
+    "source's training energy (a `scratch` student, trained from labels alone, counts its own). **Search energy** is what the whole Optuna search that chose a tuned model "
+    "spent (every trial, pruned and failed ones included); **search + training** adds it to the training "
+    "energy (models no search produced count their training only).",
+    "**Pareto front** (letters: T training, I inference, S search + training): no other model is at least as "
+    "accurate and at most as costly, with one of the two strictly better. Equal energies: only the most "
+    "accurate can be on the front; equal accuracies: only the cheapest; exact duplicates are all on it or "
+    "all off it. Models whose energy was not measured take no part.",
+    f"**Knee** {KNEE}: the front model nearest the ideal corner (best accuracy of the front at its least "
+    "energy), accuracy scaled to [0, 1] and energy to [0, 1] on a log scale over the front; ties go to the "
+    "cheaper model.",
+    "FLOPs per sample are counted by torch's FLOP counter for one inference; train FLOPs count every "
+    "training and validation pass; FLOPs/J divides them by the training energy; n/a where a layer cannot be "
+    "counted (e.g. the fused LSTM kernel).",
+]
+
+
+def markdown(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section] = ()) -> str:
+    lines = ["# Accuracy versus energy", "", scope_text(cmp), "", "## Best trade-offs", ""]
+    for title, text in _knee_lines(cmp):
+        lines.append(f"- Against {title}: {text}")
+    lines.append("")
+    for fig in figures:
+        lines += [f"![{fig.caption}]({fig.path.name})", ""]
+    head = "| " + " | ".join(t for _, t, _ in COLUMNS) + " |"
+    sep = "|" + "---|" * len(COLUMNS)
+    lines += ["## Per family", "", "**Bold**: on at least one Pareto front.", ""]
+    for family, rows in _by_family(cmp).items():
+        lines += [f"### {family}", "", head, sep]
+        for r in rows:
+            cells = _cells(r)
+            if _on_any_front(r):
+                cells[0] = f"**{cells[0]}**"
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    for sec in extra:
+        lines += [f"## {sec.title}", "", sec.markdown.strip(), ""]
+    lines += ["## How to read it", ""] + [f"- {n}" for n in NOTES] + [""]
+    return "\n".join(lines)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1900px;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}h3{margin-top:1.2em}
+table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
+th{background:#f4f4f4;position:sticky;top:0}
+td:first-child,td:nth-child(2),td:last-child,th:first-child{text-align:left}
+tr.front td{font-weight:600}tr.dominated td{color:#777}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#555}.scope{color:#444}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _inline_md(text: str) -> str:
+    """The little Markdown our own sentences use (**bold**, `code`), as HTML."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def _md_to_html(text: str) -> str:
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:  # not a declared dependency: fall back to preformatted text
+        return f"<pre>{html.escape(text)}</pre>"
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+
+def _embed_images(page: str, base: Path | None) -> str:
+    """Relative PNG links of a section replaced by data URIs, so the page stays self-contained."""
+    import re
+
+    if base is None:
+        return page
+
+    def embed(m):
+        path = Path(base) / html.unescape(m.group(1))
+        return f'src="{data_uri(path)}"' if path.suffix == ".png" and path.is_file() else m.group(0)
+
+    return re.sub(r'src="(?!data:|https?:)([^"]+)"', embed, page)
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def html_page(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section] = ()) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">',
+             "<title>Accuracy versus energy</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>Accuracy versus energy</h1>", f'<p class="scope">{e(scope_text(cmp))}</p>',
+             "<h2>Best trade-offs</h2><ul>"]
+    for title, text in _knee_lines(cmp):
+        parts.append(f"<li>Against {e(title)}: {_inline_md(text)}</li>")
+    parts.append("</ul>")
+    for fig in figures:
+        parts.append(f'<figure><img src="{data_uri(fig.path)}" alt="{e(fig.caption)}">'
+                     f"<figcaption>{e(fig.caption)}</figcaption></figure>")
+    parts.append("<h2>Per family</h2><p>Bold rows: on at least one Pareto front; grey rows: dominated on every axis.</p>")
+    head = "".join(f"<th>{e(t)}</th>" for _, t, _ in COLUMNS)
+    for family, rows in _by_family(cmp).items():
+        parts.append(f"<h3>{e(family)}</h3><table><thead><tr>{head}</tr></thead><tbody>")
+        for r in rows:
+            cls = "front" if _on_any_front(r) else "dominated"
+            cells = "".join(f"<td>{e(c)}</td>" for c in _cells(r))
+            parts.append(f'<tr class="{cls}" title="run {e(r["run_id"])}">{cells}</tr>')
+        parts.append("</tbody></table>")
+    for sec in extra:
+        parts.append(f"<h2>{e(sec.title)}</h2>{_embed_images(_md_to_html(sec.markdown), sec.base)}")
+    parts.append("<h2>How to read it</h2><ul>")
+    parts += [f"<li>{_inline_md(n)}</li>" for n in NOTES]
+    parts.append("</ul></body></html>")
+    return "\n".join(parts)

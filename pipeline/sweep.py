@@ -1,0 +1,81 @@
+"""The ``sweep`` stage: one point of a family's model-size sweep, trained and tested.
+
+The point's model is the family's ``models.<family>`` with its width and depth multiplied by the
+point's factors; it trains with the baseline's budget (``train.*``) exactly as the train stage
+does, then is tested on the held-out split as the evaluate stage does (accuracy, macro-F1,
+latency, energy per 1,000 predictions). Its MLflow run (tags ``stage=sweep``, ``variant``,
+``sweep_width``, ``sweep_depth``) carries the training metrics and the test figures together, so
+``compare`` plots accuracy and energy against parameters and FLOPs per family.
+
+Test-time energy is logged under ``test/`` only: ``energy/*`` stays the training's.
+"""
+from __future__ import annotations
+
+import math
+
+from pipeline import paths
+from pipeline.config import Params, ParamsError
+from pipeline.energy import EnergyMeter
+
+WIDTH_KEY = {"mlp": "width", "cnn": "channels", "rnn": "hidden_size", "transformer": "d_model"}
+DEPTH_KEY = {"mlp": "depth", "cnn": "depth", "rnn": "num_layers", "transformer": "num_layers"}
+
+
+def factor(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ParamsError(f"--{name} {text!r}: not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ParamsError(f"--{name} {text!r}: must be a positive number")
+    return value
+
+
+def scaled_hparams(params: Params, family: str, width: float, depth: float) -> dict:
+    """``models.<family>`` with its width and depth multiplied (rounded, at least 1; a
+    transformer's d_model stays a multiple of num_heads)."""
+    cfg = params.models.for_family(family)
+    hp = cfg.model_dump()
+    w, d = WIDTH_KEY[family], DEPTH_KEY[family]
+    if family == "transformer":
+        heads = hp["num_heads"]
+        hp[w] = max(heads, round(hp[w] * width / heads) * heads)
+    else:
+        hp[w] = max(1, round(hp[w] * width))
+    hp[d] = max(1, round(hp[d] * depth))
+    return type(cfg).model_validate(hp).model_dump()
+
+
+def sweep_point(params: Params, family: str, width: str, depth: str, meter: EnergyMeter | None = None) -> dict:
+    """Train and test one sweep point; write its model, epoch history and metrics file; return
+    the metrics. ``width`` and ``depth`` are the factors as written in params.yaml."""
+    import torch
+
+    from pipeline.data.prepare import load_prepared
+    from pipeline.evaluation.evaluate import load_trained, measure_inference
+    from pipeline.tracking import base_tags, tracked_run
+    from pipeline.training.train import export_run, fit, write_metrics
+
+    w, d = factor(width, "width"), factor(depth, "depth")
+    hparams = scaled_hparams(params, family, w, d)
+    meter = (meter or EnergyMeter(params.energy)).prewarm()
+    prepared = load_prepared(params.data.dataset)
+    card = prepared.card
+    variant = paths.sweep_variant(width, depth)
+    tags = {**base_tags("sweep", family, card["sha256"]), "variant": variant, "role": "sweep",
+            "sweep_width": width, "sweep_depth": depth, "energy_method": "pending"}
+    with tracked_run(params.tracking, f"sweep-{family}-w{width}-d{depth}", tags) as run:
+        result = fit(params, family, prepared, meter, run, paths.model_dir(family, variant), hparams=hparams)
+        export_run(result, run, family, variant, card,
+                   extra={"sweep_width": w, "sweep_depth": d, "hparams": hparams})
+        model, spec, _ = load_trained(family, variant)
+        x = torch.from_numpy(prepared.arrays["x_test"]).float()
+        test = measure_inference(model, x, prepared.arrays["y_test"], spec.num_classes, params.evaluate, meter).metrics()
+        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in test.items() if k != "energy_method"})
+        metrics = {"sweep_width": w, "sweep_depth": d,
+                   "width": hparams[WIDTH_KEY[family]], "depth": hparams[DEPTH_KEY[family]],
+                   **{k: v for k, v in test.items() if k in ("test_acc", "test_f1_macro", "energy_per_1k_j",
+                                                            "emissions_per_1k_kg", "latency_ms_per_sample")},
+                   **result.metrics}
+        write_metrics(metrics, paths.sweep_metrics(family, variant))
+    return metrics
