@@ -113,6 +113,14 @@ def _payback(r: dict) -> str:
 
 
 def _level_note(r: dict) -> str:
+    if r["technique"] == "original":
+        notes = []
+        if r.get("energy_per_1k_j_spread") is not None:
+            notes.append(f"readings {r['energy_per_1k_j_first']:.4f} and {r['energy_per_1k_j_last']:.4f} J/1k "
+                         f"(spread {r['energy_per_1k_j_spread']:.0%})")
+        if r.get("evaluate_energy_per_1k_j") is not None:
+            notes.append(f"evaluate stage: {r['evaluate_energy_per_1k_j']:.4f} J/1k, test acc {r['evaluate_test_acc']:.4f}")
+        return "; ".join(notes)
     if r["technique"] == "prune_global" and r.get("sparsity") is not None:
         return f"{r['sparsity']:.1%} of weights zero"
     if r["technique"] == "prune_structured" and r.get("units_removed_fraction") is not None:
@@ -147,35 +155,39 @@ def _table(rows: list[dict], front_energy: set[str], front_size: set[str]) -> li
     return out
 
 
-def _ratios(rows: list[dict], technique: str) -> list[float]:
-    return [r["energy_ratio"] for r in rows if r["technique"] == technique and r.get("energy_ratio") is not None]
+def _ratios(rows: list[dict], technique: str) -> list[dict]:
+    return [r for r in rows if r["technique"] == technique and r.get("energy_ratio") is not None]
 
 
-def _span(vals: list[float]) -> str:
-    lo, hi = min(vals), max(vals)
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
     return f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}"
 
 
-def _verdict(vals: list[float], floor: float) -> str:
-    """Measured energy ratios read against the noise floor (the originals' own spread)."""
-    if max(vals) < 1 - floor:
-        return "less energy than the original, beyond the noise floor"
-    if min(vals) > 1 + floor:
-        return "more energy than the original, beyond the noise floor"
-    return "no difference from the original larger than the noise floor"
+def _verdict(variants: list[dict], floors: dict[str, float]) -> str:
+    """Energy ratios read against each source model's own noise floor (the spread of its two
+    readings, at least 5 %): which models saved, which cost more, which showed no difference."""
+    groups: dict[str, list[str]] = {"less energy": [], "more energy": [], "no difference beyond the noise": []}
+    for r in variants:
+        floor = floors.get(f"{r['family']}-{r['source']}", 0.05)
+        key = ("less energy" if r["energy_ratio"] < 1 - floor else
+               "more energy" if r["energy_ratio"] > 1 + floor else "no difference beyond the noise")
+        groups[key].append(f"{r['family']}-{r['source']} {r['energy_ratio']:.2f}")
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items() if v)
 
 
 def _meaning(rows: list[dict]) -> list[str]:
     """What the measured numbers mean here; every figure quoted comes from the rows above."""
     lines = []
     refs = [r for r in rows if r["technique"] == "original"]
+    floors = {r["model"]: max(0.05, r.get("energy_per_1k_j_spread") or 0.0) for r in refs}
     spreads = [r["energy_per_1k_j_spread"] for r in refs if r.get("energy_per_1k_j_spread") is not None]
-    floor = max([0.05, *spreads])
     methods = sorted({r.get("energy_method") for r in rows if r.get("energy_method")})
     if spreads:
         lines.append(f"- **Noise floor.** Each original was measured at the start and at the end of its compress "
                      f"stage; the two readings differ by {min(spreads):.0%}–{max(spreads):.0%} (other work on the "
-                     f"machine, frequency changes). Energy ratios within ±{floor:.0%} of 1 are read as no difference.")
+                     f"machine stretches time, hence energy). A variant's energy ratio is read as a saving or a "
+                     f"cost only beyond its own original's spread (at least 5 %); the verdicts below do so.")
     lines.append("- **What energy means here.** Without a hardware counter, CodeCarbon estimates CPU power from this "
                  "process's CPU load times the CPU's TDP and adds a fixed RAM power, so energy per prediction "
                  "follows time per prediction: a variant saves energy only if it runs faster at the evaluation "
@@ -183,34 +195,34 @@ def _meaning(rows: list[dict]) -> list[str]:
     g = _ratios(rows, "prune_global")
     if g:
         lines.append(f"- **Unstructured pruning.** Global magnitude pruning zeroes weights inside dense tensors, and "
-                     f"dense CPU kernels multiply the zeros like any other number: energy ratio {_span(g)}, "
-                     f"{_verdict(g, floor)}. The file on disk keeps its size (dense storage); only the gzip column "
-                     f"shrinks. Sparse kernels or sparse storage would be needed to turn the zeros into savings.")
+                     f"dense CPU kernels multiply the zeros like any other number ({_verdict(g, floors)}). The file "
+                     f"on disk keeps its size (dense storage); only the gzip column shrinks. Sparse kernels or "
+                     f"sparse storage would be needed to turn the zeros into savings.")
     st = _ratios(rows, "prune_structured")
     if st:
         lines.append(f"- **Structured pruning** removes whole neurons/channels/hidden units, leaving a smaller dense "
-                     f"model: energy ratio {_span(st)}, {_verdict(st, floor)}.")
+                     f"model that dense kernels run with less work ({_verdict(st, floors)}).")
     qd = _ratios(rows, "quant_dynamic")
     if qd:
-        lines.append(f"- **Dynamic int8 quantization** stores int8 weights (about a quarter of the size) and quantizes "
-                     f"activations on every call: energy ratio {_span(qd)}, {_verdict(qd, floor)}."
-                     + (" Where it saves nothing, quantizing the activations of small layers on every call costs "
-                        "about what the int8 products save." if max(qd) >= 1 - floor else ""))
+        sizes = _span([r["size_ratio"] for r in qd if r.get("size_ratio") is not None] or [1.0])
+        lines.append(f"- **Dynamic int8 quantization** stores the weights of the layers it covers as int8 (size "
+                     f"ratio {sizes}) and quantizes activations on every call ({_verdict(qd, floors)}); it can "
+                     f"only pay where int8 matrix products save more than that per-call quantization costs.")
     qs = _ratios(rows, "quant_static")
     if qs:
         lines.append(f"- **Static int8 quantization** (calibrated scales, fused Conv/Linear+ReLU, int8 activations "
-                     f"between layers; MLP and CNN only): energy ratio {_span(qs)}, {_verdict(qs, floor)}.")
+                     f"between layers; MLP and CNN only): {_verdict(qs, floors)}.")
     d = _ratios(rows, "distill")
     if d:
         pairs = []
-        for r in rows:
+        for r in d:
             twin = next((t for t in rows if t["technique"] == "scratch" and t["family"] == r["family"]
                          and t["source"] == r["source"] and t.get("level") == r.get("level")), None)
-            if r["technique"] == "distill" and twin:
+            if twin:
                 pairs.append(f"{r['family']}-{r['source']} {r['test_acc']:.3f} vs {twin['test_acc']:.3f}")
-        lines.append(f"- **Distillation** trains a smaller student: energy ratio {_span(d)}, {_verdict(d, floor)}. "
-                     f"The teacher's benefit is the test accuracy of the distilled student against the same student "
-                     f"trained from labels alone with the same seed and budget: {'; '.join(pairs)}.")
+        lines.append(f"- **Distillation** trains a smaller student ({_verdict(d, floors)}). The teacher's benefit is "
+                     f"the test accuracy of the distilled student against the same student trained from labels "
+                     f"alone with the same seed and budget: {'; '.join(pairs)}.")
     lines.append("- **Pay-back** is the compression's own energy (quantizing and calibrating, fine-tuning, teacher "
                  "outputs, student training) divided by the inference energy it saves per prediction; \"never\" "
                  "where the variant saves none.")
