@@ -69,3 +69,18 @@ def meter():
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def sqlite_count(db: Path, sql: str) -> int:
+    """A count from a SQLite store another process is writing (0 before its tables exist)."""
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        con.close()

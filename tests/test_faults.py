@@ -16,7 +16,7 @@ from pipeline.data.prepare import prepare, save
 from pipeline.tracking import client_for
 from pipeline.training.train import train_family
 
-from .conftest import ROOT, tiny_raw
+from .conftest import ROOT, sqlite_count, tiny_raw
 
 
 @pytest.fixture
@@ -33,17 +33,7 @@ def _runs(params, filter_string=""):
 
 
 def _val_acc_rows(db) -> int:
-    import sqlite3
-
-    if not db.is_file():
-        return 0
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute("SELECT count(*) FROM metrics WHERE key = 'val/acc'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
+    return sqlite_count(db, "SELECT count(*) FROM metrics WHERE key = 'val/acc'")
 
 
 @pytest.mark.slow

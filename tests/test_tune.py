@@ -11,7 +11,7 @@ from pipeline.tracking import client_for
 from pipeline.tuning import study as st
 from pipeline.tuning.tune import tune_family
 
-from .conftest import tiny_raw
+from .conftest import sqlite_count, tiny_raw
 
 TINY_SEARCH = {
     "tune": {
@@ -199,17 +199,7 @@ def test_two_workers_share_a_study_in_postgresql(prepared, meter, capsys):
 
 
 def _epochs_logged(db) -> int:
-    import sqlite3
-
-    if not db.is_file():
-        return 0
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute("SELECT count(*) FROM metrics WHERE key = 'val/acc'").fetchone()[0]
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
-    finally:
-        con.close()
+    return sqlite_count(db, "SELECT count(*) FROM metrics WHERE key = 'val/acc'")
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
@@ -258,17 +248,7 @@ def test_interrupted_study_resumes_with_its_trials(workdir, meter, signame):
 
 
 def _running_trials(db) -> int:
-    import sqlite3
-
-    if not db.is_file():
-        return 0
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return con.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        con.close()
+    return sqlite_count(db, "SELECT count(*) FROM trials WHERE state = 'RUNNING'")
 
 
 @pytest.mark.slow
