@@ -40,20 +40,8 @@ class DistillClassifier(Classifier):
         super().__init__(model, num_classes, cfg)
         self.temperature, self.alpha = temperature, alpha
 
-    def training_step(self, batch, batch_idx):
-        x, y, *rest = batch
-        teacher = rest[0] if rest else None
-        opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        loss = distillation_loss(logits, teacher, y, self.temperature, self.alpha)
-        self.manual_backward(loss)
-        opt.step()
-        self._losses.append(loss.detach())
-        self._sizes.append(len(y))
-        self._preds.append(logits.detach().argmax(1))
-        self._targets.append(y)
-        return loss
+    def loss(self, logits, y, extra):
+        return distillation_loss(logits, extra[0] if extra else None, y, self.temperature, self.alpha)
 
 
 class Batches:

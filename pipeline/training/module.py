@@ -55,13 +55,17 @@ class Classifier(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, extra: list) -> torch.Tensor:
+        """The training loss; subclasses (distillation) use the batch's extra tensors."""
+        return nn.functional.cross_entropy(logits, y)
+
     def training_step(self, batch, batch_idx):
         interrupts.check()
-        x, y = batch
+        x, y, *extra = batch
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         logits = self.model(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = self.loss(logits, y, extra)
         if not torch.isfinite(loss):  # one scalar check per step (~µs on CPU); stops a diverged run at once
             raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.current_epoch + 1}, "
                                 f"step {self.global_step}: the run diverged; try a lower train.lr (now {self.cfg.lr})")
