@@ -2,14 +2,19 @@
 test accuracy is within 1 point of the original, its energy ratio to the original and its
 accuracy change. Target: a ratio of at most 0.5 for at least two families.
 
-Reads what the compress stage wrote (``dvc repro``, or ``python -m pipeline compress --family F``):
-the variants' test accuracy from ``metrics/compress/<family>-<source>.json`` and the models from
-``models/<family>/compressed/<source>/``. Energy is measured again here, with the evaluate stage's
-own protocol (``prediction_energy``: passes over the test split at the evaluation batch size for
-at least ``evaluate.energy_min_duration_s``), for the original and every variant in alternated
-order over ``--repeats`` rounds, and the medians are compared: one reading each, as in the stage,
-is exposed to whatever else the machine does at that moment. ``--from-metrics`` uses the stage's
-own figures instead.
+By default the script compresses the trained models itself, with params.yaml and
+``profiles/compress-search.yaml`` merged on top (more pruning levels, longer fine-tuning, students
+trained for the teachers' budget), in a temporary workspace: the project's DVC outputs and its
+MLflow store are left as they are (the workspace has its own store, removed at the end unless
+``--keep``). It needs the trained models (``dvc repro train`` or ``dvc repro``). ``--stage`` uses
+the compress stage's own variants instead (``models/<family>/compressed/<source>/``).
+
+Energy is measured again here with the evaluate stage's own protocol (``prediction_energy``:
+passes over the test split at the evaluation batch size for at least
+``evaluate.energy_min_duration_s``), for the original and every variant in alternated order over
+``--repeats`` rounds, and the medians are compared: one reading each, as in the stage, is exposed
+to whatever else the machine does at that moment. ``--from-metrics`` (with ``--stage``) uses the
+stage's own figures instead.
 
 Beside the energy ratio it prints the ratio of **CPU time** per prediction (this process's own
 CPU seconds). Without a hardware counter, CodeCarbon's energy is CPU load x TDP plus a fixed RAM
@@ -17,20 +22,26 @@ power times *wall* time, so other processes on a shared machine inflate a readin
 take the CPU away; CPU time is immune to that. Where the two ratios disagree, the machine was
 busy: trust neither alone, measure again on a quiet machine.
 
-    python benchmarks/compression_energy.py [--source baseline] [--repeats 5] [--from-metrics]
+    python benchmarks/compression_energy.py [--profile FILE ...] [--families cnn,rnn] [--repeats 5]
+    python benchmarks/compression_energy.py --stage [--from-metrics]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from pipeline import paths  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
+from pipeline.config import FAMILIES, load_params  # noqa: E402
 
 TOLERANCE = 0.01  # one accuracy point
 TARGET_RATIO, TARGET_FAMILIES = 0.5, 2
@@ -40,8 +51,6 @@ def remeasure(params, family: str, source: str, names: list[str], repeats: int, 
               ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Energy per 1,000 predictions (J) and CPU seconds per 1,000 predictions of the original and
     each variant, ``repeats`` readings each."""
-    import time
-
     import torch
 
     from pipeline.compression.artifact import load_variant
@@ -71,33 +80,54 @@ def remeasure(params, family: str, source: str, names: list[str], repeats: int, 
     return readings, cpu
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--source", default=None, choices=["baseline", "tuned"],
-                    help="which compressed model (default: the first of compress.sources)")
-    ap.add_argument("--repeats", type=int, default=5, help="alternated energy readings per model (default 5)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    ap.add_argument("--from-metrics", action="store_true", help="use the compress stage's figures, measure nothing")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
-    source = args.source or params.compress.sources[0]
-    meter = None
-    if args.threads:
-        import torch
+def compress_in_workspace(params, families: list[str], source: str, root: Path, meter) -> Path:
+    """Run the compress stage's code for ``families`` in a new temporary directory holding links to
+    the prepared data and copies of the trained models, and make it the working directory."""
+    missing = [f for f in families if not (root / paths.model_dir(f, source) / "model.pt").is_file()]
+    if missing:
+        raise SystemExit(f"no trained {source} model for {', '.join(missing)} under {root / paths.MODELS_DIR}: "
+                         f"run `dvc repro` (or `python -m pipeline train --family F`) first")
+    work = Path(tempfile.mkdtemp(prefix="compress-bench-"))
+    (work / paths.PREPARED_DIR).parent.mkdir(parents=True)
+    os.symlink(root / paths.PREPARED_DIR, work / paths.PREPARED_DIR)
+    for family in families:
+        shutil.copytree(root / paths.model_dir(family, source), work / paths.model_dir(family, source))
+    os.chdir(work)
+    os.environ.pop("DVC_ROOT", None)  # the workspace's own MLflow store, never the project's
+    params = params.model_copy(update={"tracking": params.tracking.model_copy(update={"tracking_uri": ""})})
+    try:
+        _compress_all(params, families, source, meter, work)
+    except BaseException:
+        os.chdir(root)
+        shutil.rmtree(work)
+        raise
+    return work
 
-        torch.set_num_threads(args.threads)
-    if not args.from_metrics:
-        from pipeline.energy import EnergyMeter
 
-        meter = EnergyMeter(params.energy).prewarm()
+def _compress_all(params, families: list[str], source: str, meter, work: Path) -> None:
+    from pipeline.compression.compress import compress_family
+    from pipeline.data.prepare import load_prepared
 
+    prepared = load_prepared(params.data.dataset)
+    print(f"compressing in {work} ({params.compress.techniques}; "
+          f"prune {params.compress.prune.kinds} at {params.compress.prune.sparsity}, "
+          f"{params.compress.prune.finetune_epochs} fine-tuning epochs; students trained "
+          f"{params.compress.distill.epochs} epochs)", flush=True)
+    for family in families:
+        t0 = time.perf_counter()
+        compress_family(params, family, source, meter, prepared)
+        print(f"  {family}: compressed in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def compare_variants(params, families: list[str], source: str, args, meter) -> tuple[int, int]:
+    """Print each family's variants against its original; return (families meeting the target,
+    families with variants)."""
     print(f"source model: {source}; within {TOLERANCE * 100:.0f} accuracy point of the original; "
           + ("energy from the compress stage's metrics" if args.from_metrics else
              f"energy re-measured: median of {args.repeats} alternated readings per model"))
     met = 0
     families_seen = 0
-    for family in params.families:
+    for family in families:
         path = paths.compress_metrics(family, source)
         if not path.is_file():
             print(f"\n{family}: no {path} (run `python -m pipeline compress --family {family} --source {source}`)")
@@ -139,6 +169,59 @@ def main(argv=None) -> int:
         cpu_txt = f" (CPU-time ratio {cpu_ratio[best[0]]:.2f})" if best[0] in cpu_ratio else ""
         print(f"  -> best within 1 point: {best[0]}: energy ratio {best[3]:.2f}{cpu_txt}, accuracy change "
               f"{best[1] * 100:+.1f} points {'(meets <= 0.5)' if hit else '(above 0.5)'}")
+    return met, families_seen
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--profile", type=Path, action="append",
+                    help="partial params merged on top before compressing (default: profiles/compress-search.yaml)")
+    ap.add_argument("--stage", action="store_true",
+                    help="measure the compress stage's variants (models/*/compressed), compress nothing")
+    ap.add_argument("--families", default=None, help="comma-separated (default: params.yaml's families)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary workspace (models, MLflow store)")
+    ap.add_argument("--source", default=None, choices=["baseline", "tuned"],
+                    help="which compressed model (default: the first of compress.sources)")
+    ap.add_argument("--repeats", type=int, default=5, help="alternated energy readings per model (default 5)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--from-metrics", action="store_true",
+                    help="with --stage: use the compress stage's figures, measure nothing")
+    args = ap.parse_args(argv)
+    if args.from_metrics and not args.stage:
+        ap.error("--from-metrics reads the compress stage's metrics: add --stage")
+    if args.stage and args.profile:
+        ap.error("--profile sets up a new compression; --stage measures the stage's own variants")
+    root = Path.cwd().resolve()
+    profiles = tuple(args.profile or ([] if args.stage else [ROOT / "profiles" / "compress-search.yaml"]))
+    params = load_params(args.params, profiles)
+    source = args.source or params.compress.sources[0]
+    families = args.families.split(",") if args.families else list(params.families)
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        ap.error(f"--families: unknown {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    meter = None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not args.from_metrics:
+        from pipeline.energy import EnergyMeter
+
+        meter = EnergyMeter(params.energy).prewarm()
+    work = None
+    if not args.stage:
+        work = compress_in_workspace(params, families, source, root, meter)
+
+    try:
+        met, families_seen = compare_variants(params, families, source, args, meter)
+    finally:
+        if work is not None:
+            os.chdir(root)
+            if args.keep:
+                print(f"\nworkspace kept: {work}")
+            else:
+                shutil.rmtree(work)
     verdict = "MET" if met >= TARGET_FAMILIES else "NOT MET"
     print(f"\ntarget (energy ratio <= {TARGET_RATIO} within 1 accuracy point, for >= {TARGET_FAMILIES} families): "
           f"{verdict} ({met} of {families_seen} families)")

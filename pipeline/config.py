@@ -286,8 +286,12 @@ class QuantizeCfg(_Strict):
     modes: list[Literal["dynamic", "static"]] = Field(default_factory=lambda: ["dynamic", "static"])
     engine: Literal["x86", "fbgemm", "qnnpack", "onednn"] = "x86"
     calibration_batches: int = Field(8, ge=1)
+    # Also quantize the smaller models other techniques make (each mode above that the family
+    # supports): prune -> the structured-pruned models, distill -> both students. Their variants
+    # are named <variant>+quant_<mode>-int8 and carry the cost of both steps.
+    stack: list[Literal["prune", "distill"]] = Field(default_factory=list)
 
-    _unique = field_validator("modes")(_unique_list)
+    _unique = field_validator("modes", "stack")(_unique_list)
 
 
 class PruneCfg(_Strict):

@@ -123,8 +123,11 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(in_trained, family):
 
     before = [t.clone() for t in (getattr(m, n) for m, n in P.prunable_weights(state.model))]
     module = Classifier(state.model, spec.num_classes, train_cfg(0.01, 64, 1))
+    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     fit_module(module, TensorBatches(*split_tensors(prepared, "train"), 64, shuffle=True, seed=1),
                TensorBatches(*split_tensors(prepared, "val"), 256, shuffle=False), 1, seed=1)
+    # Lightning's deterministic="warn" is given back: later int8 inference would warn on every call
+    assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == flags
     P.make_permanent(state)
     after = [getattr(m, n) for m, n in P.prunable_weights(state.model)]
     assert any(not torch.equal(a, b) for a, b in zip(after, before))  # it did train
@@ -213,6 +216,7 @@ def test_student_must_be_smaller_than_the_teacher():
     ({"techniques": ["quantise"]}, "compress.techniques.0"),
     ({"techniques": ["prune", "prune"]}, "compress.techniques"),
     ({"quantize": {"modes": ["float16"]}}, "compress.quantize.modes.0"),
+    ({"quantize": {"stack": ["quantize"]}}, "compress.quantize.stack.0"),
     ({"prune": {"sparsity": [0.5, 1.0]}}, "compress.prune.sparsity.1"),
     ({"prune": {"sparsity": [0]}}, "compress.prune.sparsity.0"),
     ({"prune": {"kinds": ["channel"]}}, "compress.prune.kinds.0"),
@@ -302,6 +306,35 @@ def test_static_quantization_is_skipped_for_rnn_with_the_reason(in_trained, mete
     assert set(m["variants"]) == {"quant_dynamic-int8"}
     assert "GRU/LSTM" in m["skipped"]["quant_static-int8"]
     assert m["variants"]["quant_dynamic-int8"]["agreement_with_source"] >= 0.9
+
+
+def test_stacked_quantization_quantizes_pruned_models_and_students(in_trained, meter):
+    """quantize.stack: the structured-pruned model and both students are int8-quantized too; the
+    stacked variant carries both costs, reloads from disk and predicts like the model it quantizes."""
+    _, prepared = in_trained
+    params = parse_params(tiny_raw(**{"compress.techniques": ["prune", "distill"], "compress.quantize.modes": ["static"],
+                                      "compress.quantize.stack": ["prune", "distill"],
+                                      "compress.prune.kinds": ["structured"]}))
+    m = compress_family(params, "mlp", meter=meter, prepared=prepared)
+    bases = ["prune_structured-0.5", "distill-mlp_width8", "scratch-mlp_width8"]
+    assert set(m["variants"]) == set(bases) | {f"{b}+quant_static-int8" for b in bases} and m["skipped"] == {}
+    x, _ = _test_split(prepared)
+    for base in bases:
+        stacked, plain = m["variants"][f"{base}+quant_static-int8"], m["variants"][base]
+        assert stacked["compress_energy_j"] > plain["compress_energy_j"]  # the base's cost is included
+        assert stacked["params_total"] == plain["params_total"]  # (tiny models: int8's scales outweigh the bytes saved)
+        q_model, _, recipe = load_variant(paths.compressed_dir("mlp") / f"{base}+quant_static-int8")
+        f_model, _, _ = load_variant(paths.compressed_dir("mlp") / base)
+        assert recipe["quantization"] == "static"
+        assert (_pred(q_model, x) == _pred(f_model, x)).float().mean() >= 0.9
+    client, _ = client_for(params.tracking)
+    exp = client.get_experiment_by_name(params.tracking.experiment_name)
+    (run,) = client.search_runs([exp.experiment_id], "tags.variant = 'prune_structured-0.5+quant_static-int8'")
+    assert run.data.tags["technique"] == "prune_structured+quant_static" and run.data.tags["level"] == "0.5+int8"
+
+    m = compress_family(params, "rnn", meter=meter, prepared=prepared)  # no static int8 for GRU
+    assert set(m["variants"]) == {"prune_structured-0.5", "distill-rnn_hidden_size8", "scratch-rnn_hidden_size8"}
+    assert "GRU/LSTM" in m["skipped"]["prune_structured-0.5+quant_static-int8"]
 
 
 def test_missing_source_model_says_what_to_run(workdir, tiny_params):

@@ -138,19 +138,21 @@ def test_dvc_experiment_reruns_downstream_and_shows_accuracy_and_energy(repo):
     d, env, git, _ = repo
     sh(git + ["add", "-A"], d, env)
     sh(git + ["commit", "-qm", "baseline"], d, env)
-    run = sh(["dvc", "exp", "run", "-n", "lr-exp", "-S", "train.lr=0.01"], d, env).stdout
+    # A model-size experiment: only the MLP's stages (and the report) run again.
+    run = sh(["dvc", "exp", "run", "-n", "width-exp", "-S", "models.mlp.width=24"], d, env).stdout
     assert "Running stage 'prepare'" not in run
-    for f in FAMILIES:
-        assert f"Running stage 'train@{f}'" in run and f"Running stage 'evaluate@{f}-baseline'" in run
-        assert f"Running stage 'tune@{f}'" in run  # the search refits with train.lr as its base
-    assert "Running stage 'report'" in run
+    for stage in ("train@mlp", "tune@mlp", "evaluate@mlp-baseline", "evaluate@mlp-tuned", "compress@mlp-baseline",
+                  SWEEP_STAGE, "report"):
+        assert f"Running stage '{stage}'" in run
+    for f in FAMILIES[1:]:
+        assert f"Running stage 'train@{f}'" not in run and f"Running stage 'compress@{f}-baseline'" not in run
     table = sh(["dvc", "exp", "show", "--csv"], d, env).stdout
     rows = list(csv.DictReader(io.StringIO(table)))
     cols = rows[0].keys()
     assert any(c.endswith("test_acc") for c in cols) and any(c.endswith("energy_j") for c in cols)
-    assert any(r.get("Experiment") == "lr-exp" for r in rows)
+    assert any(r.get("Experiment") == "width-exp" for r in rows)
     runs = _client(d).search_runs([_client(d).get_experiment_by_name("energy-pipeline").experiment_id],
-                                  "tags.dvc_exp_name = 'lr-exp'")
+                                  "tags.dvc_exp_name = 'width-exp'")
     assert {r.data.tags["stage"] for r in runs} == {"train", "tune", "evaluate", "compress", "sweep"}
 
 
@@ -160,7 +162,7 @@ def test_dvc_plots_metrics_diff_and_compare_across_experiments(repo):
     cols = list(csv.DictReader(io.StringIO(table)))[0].keys()
     for suffix in ("test_acc", "energy_j", "emissions_kg", "energy_per_1k_j"):
         assert any(c.endswith(suffix) for c in cols), suffix
-    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "lr-exp", "--json"], d, env).stdout)
+    diff = json.loads(sh(["dvc", "metrics", "diff", "HEAD", "width-exp", "--json"], d, env).stdout)
     assert any(k.startswith("metrics/train/") for k in diff) and any(k.startswith("metrics/evaluate/") for k in diff)
     plots = json.loads(sh(["dvc", "plots", "show", "--json"], d, env).stdout)
     names = set(plots.get("data", plots))
@@ -168,7 +170,7 @@ def test_dvc_plots_metrics_diff_and_compare_across_experiments(repo):
     out = sh([sys.executable, "-m", "pipeline", "compare", "--out", "compare-all"], d, env).stdout
     assert "compared" in out
     md = (d / "compare-all" / "report.md").read_text()
-    assert "lr-exp" in md and "commit " in md  # the experiment beside the committed workspace runs
+    assert "width-exp" in md and "commit " in md  # the experiment beside the committed workspace runs
 
 
 def _trials(d, study):

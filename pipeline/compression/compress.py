@@ -67,10 +67,13 @@ class Plan:
     level: str
     build: Callable[[], Built]
     settings: dict = field(default_factory=dict)
+    family: str = ""  # of the model it makes (a student may be of another family)
+    base: str | None = None  # stacked: the variant it quantizes further (its cost is added)
+    label: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.technique}-{self.level}"
+        return self.label or f"{self.technique}-{self.level}"
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Context:
     teacher: nn.Module
     spec: ModelSpec
     prepared: Prepared
+    made: dict[str, tuple[Built, EnergyReading]] = field(default_factory=dict)  # by variant name
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         return split_tensors(self.prepared, split)
@@ -105,34 +109,68 @@ def _finetune(ctx: Context, model: nn.Module, epochs: int) -> list[dict]:
     return history
 
 
-def _plan_quantize(ctx: Context, skipped: dict[str, str]) -> list[Plan]:
+def _calibration(ctx: Context) -> list[torch.Tensor]:
+    """``calibration_batches`` shuffled training batches (never the test split)."""
     q = ctx.params.compress.quantize
-    plans = []
-    for mode in q.modes:
-        if mode == "dynamic":
-            def build() -> Built:
-                set_engine(q.engine)
-                return Built(quantize_dynamic(ctx.teacher, ctx.family), ctx.spec,
-                             {"quantization": "dynamic", "engine": q.engine}, counts_from=ctx.teacher)
+    batches = TensorBatches(*ctx.tensors("train"), ctx.params.compress.batch_size, shuffle=True, seed=ctx.params.base.seed)
+    return [xb for xb, _ in zip((b[0] for b in batches), range(q.calibration_batches))]
 
-            plans.append(Plan(QUANT_DYNAMIC, "int8", build, {"engine": q.engine}))
-        else:
-            reason = static_unsupported_reason(ctx.family)
+
+def _quantized(ctx: Context, mode: str, model: nn.Module, spec: ModelSpec, recipe: dict | None = None,
+               info: dict | None = None) -> Built:
+    """An int8 copy of a float ``model`` (the source model, or a smaller one another technique made)."""
+    q = ctx.params.compress.quantize
+    set_engine(q.engine)
+    recipe = {**(recipe or {}), "quantization": mode, "engine": q.engine}
+    if mode == "dynamic":
+        return Built(quantize_dynamic(model, spec.family), spec, recipe, dict(info or {}), counts_from=model)
+    calib = _calibration(ctx)
+    return Built(quantize_static(model, spec.family, calib, q.engine), spec, recipe,
+                 {**(info or {}), "calibration_samples": sum(len(b) for b in calib)}, counts_from=model)
+
+
+def _quant_settings(ctx: Context, mode: str) -> dict:
+    q = ctx.params.compress.quantize
+    return {"engine": q.engine, **({"calibration_batches": q.calibration_batches} if mode == "static" else {})}
+
+
+def _plan_quantize(ctx: Context, skipped: dict[str, str]) -> list[Plan]:
+    plans = []
+    for mode in ctx.params.compress.quantize.modes:
+        technique = QUANT_DYNAMIC if mode == "dynamic" else QUANT_STATIC
+        reason = static_unsupported_reason(ctx.family) if mode == "static" else None
+        if reason:
+            skipped[f"{technique}-int8"] = reason
+            continue
+        plans.append(Plan(technique, "int8", lambda mode=mode: _quantized(ctx, mode, ctx.teacher, ctx.spec),
+                          _quant_settings(ctx, mode), ctx.family))
+    return plans
+
+
+_STACKS = {"prune": (PRUNE_STRUCTURED,), "distill": (DISTILL, SCRATCH)}
+
+
+def _plan_stacked(ctx: Context, plans: list[Plan], skipped: dict[str, str]) -> list[Plan]:
+    """``quantize.stack``: each structured-pruned model / student quantized further."""
+    q = ctx.params.compress.quantize
+    techniques = {t for key in q.stack for t in _STACKS[key]}
+    out = []
+    for base in (p for p in plans if p.technique in techniques):
+        for mode in q.modes:
+            technique = QUANT_DYNAMIC if mode == "dynamic" else QUANT_STATIC
+            label = f"{base.name}+{technique}-int8"
+            reason = static_unsupported_reason(base.family) if mode == "static" else None
             if reason:
-                skipped[f"{QUANT_STATIC}-int8"] = reason
+                skipped[label] = reason
                 continue
 
-            def build_static() -> Built:
-                seed = ctx.params.base.seed
-                batches = TensorBatches(*ctx.tensors("train"), ctx.params.compress.batch_size, shuffle=True, seed=seed)
-                calib = [xb for xb, _ in zip((b[0] for b in batches), range(q.calibration_batches))]
-                model = quantize_static(ctx.teacher, ctx.family, calib, q.engine)
-                return Built(model, ctx.spec, {"quantization": "static", "engine": q.engine},
-                             {"calibration_samples": sum(len(b) for b in calib)}, counts_from=ctx.teacher)
+            def build(base=base.name, mode=mode) -> Built:
+                made, _ = ctx.made[base]
+                return _quantized(ctx, mode, made.model, made.spec, made.recipe, made.info)
 
-            plans.append(Plan(QUANT_STATIC, "int8", build_static,
-                              {"engine": q.engine, "calibration_batches": q.calibration_batches}))
-    return plans
+            out.append(Plan(f"{base.technique}+{technique}", f"{base.level}+int8", build,
+                            {**base.settings, **_quant_settings(ctx, mode)}, base.family, base.name, label))
+    return out
 
 
 def _plan_prune(ctx: Context) -> list[Plan]:
@@ -157,7 +195,7 @@ def _plan_prune(ctx: Context) -> list[Plan]:
 
             technique = PRUNE_GLOBAL if kind == "global" else PRUNE_STRUCTURED
             plans.append(Plan(technique, _level(sparsity), build,
-                              {"sparsity": sparsity, "finetune_epochs": p.finetune_epochs, "lr": p.lr}))
+                              {"sparsity": sparsity, "finetune_epochs": p.finetune_epochs, "lr": p.lr}, ctx.family))
     return plans
 
 
@@ -201,8 +239,9 @@ def _plan_distill(ctx: Context) -> list[Plan]:
 
     settings = {"student_family": family, "student": s_spec.hparams, "epochs": d.epochs, "lr": d.lr, "batch_size": bs}
     return [
-        Plan(DISTILL, name, lambda: train_student(True), {**settings, "temperature": d.temperature, "alpha": d.alpha}),
-        Plan(SCRATCH, name, lambda: train_student(False), settings),
+        Plan(DISTILL, name, lambda: train_student(True), {**settings, "temperature": d.temperature, "alpha": d.alpha},
+             family),
+        Plan(SCRATCH, name, lambda: train_student(False), settings, family),
     ]
 
 
@@ -217,7 +256,7 @@ def plan_variants(ctx: Context) -> tuple[list[Plan], dict[str, str]]:
             plans += _plan_prune(ctx)
         elif technique == "distill":
             plans += _plan_distill(ctx)
-    return plans, skipped
+    return plans + _plan_stacked(ctx, plans, skipped), skipped
 
 
 def _measure(ctx: Context, model: nn.Module, meter: EnergyMeter) -> InferenceMeasurement:
@@ -343,6 +382,9 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
             with meter.measure() as m:
                 built = plan.build()
             cost = m.total
+            if plan.base is not None:  # what the model it quantizes cost to make
+                cost = ctx.made[plan.base][1] + cost
+            ctx.made[plan.name] = (built, cost)
             recipe = {"technique": plan.technique, "level": plan.level, **built.recipe,
                       "source": {"family": family, "variant": source, "run_id": source_run_id}}
             variant_dir = out_root / plan.name

@@ -44,11 +44,16 @@ def train_cfg(lr: float, batch_size: int, epochs: int) -> TrainCfg:
 def fit_module(module, train_batches: Iterable, val_batches: Iterable, epochs: int, seed: int) -> list[dict]:
     """Train ``module`` (a ``Classifier``) for ``epochs``; restore its best-val/acc weights.
     Returns the per-epoch history (train/loss, train/acc, val/acc, val/loss)."""
-    import lightning.pytorch as pl
-
-    from pipeline.training.train import quiet_lightning
+    from pipeline.training.train import quiet_lightning, torch_flags_restored
 
     quiet_lightning()
+    with torch_flags_restored():
+        return _fit(module, train_batches, val_batches, epochs, seed)
+
+
+def _fit(module, train_batches: Iterable, val_batches: Iterable, epochs: int, seed: int) -> list[dict]:
+    import lightning.pytorch as pl
+
     pl.seed_everything(seed, workers=True, verbose=False)
     keep = _KeepBest()
     # CPU like the evaluation: the variants are measured where they will run.

@@ -16,13 +16,24 @@ from pipeline.config import Params
 ENERGY_PLOT = "compression_accuracy_vs_energy.png"
 SIZE_PLOT = "compression_accuracy_vs_size.png"
 _MARKERS = {"original": "*", "quant_dynamic": "v", "quant_static": "^", "prune_global": "s",
-            "prune_structured": "D", "distill": "o", "scratch": "P"}
+            "prune_structured": "D", "distill": "o", "scratch": "P", "stacked": "X"}
 _TECHNIQUE_TEXT = {
     "quant_dynamic": "int8 dynamic quantization", "quant_static": "int8 static quantization (calibrated)",
     "prune_global": "global unstructured magnitude pruning (zeros kept in dense tensors)",
     "prune_structured": "structured pruning (units removed)", "distill": "student distilled from this model",
     "scratch": "the same student trained from labels alone",
+    "stacked": "a pruned model or a student, then int8-quantized (compress.quantize.stack)",
 }
+
+
+def _technique_of(variant: str) -> str:
+    """``prune_structured-0.5+quant_static-int8`` -> ``prune_structured+quant_static``."""
+    return "+".join(part.split("-")[0] for part in variant.split("+"))
+
+
+def _kind(technique: str) -> str:
+    """Marker/legend group: stacked variants (``prune_structured+quant_static``) share one."""
+    return "stacked" if "+" in technique else technique
 
 
 def load_rows(params: Params) -> list[dict]:
@@ -45,7 +56,7 @@ def load_rows(params: Params) -> list[dict]:
                              **v})
             for name, reason in m.get("skipped", {}).items():
                 rows.append({"model": f"{family}-{source} {name}", "family": family, "source": source,
-                             "variant": name, "technique": name.split("-")[0], "skipped": reason})
+                             "variant": name, "technique": _technique_of(name), "skipped": reason})
     return rows
 
 
@@ -69,7 +80,7 @@ def _plot(rows: list[dict], cost_key: str, xlabel: str, title: str, path: Path) 
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in pts:
         front_pt = r["model"] in on_front
-        ax.scatter(r[cost_key], r["test_acc"], marker=_MARKERS.get(r["technique"], "o"), color=colors[r["family"]],
+        ax.scatter(r[cost_key], r["test_acc"], marker=_MARKERS.get(_kind(r["technique"]), "o"), color=colors[r["family"]],
                    s=150 if r["technique"] == "original" else 55, alpha=1.0 if front_pt else 0.3,
                    edgecolors="black" if front_pt else "none", zorder=3)
     if len(front) > 1:
@@ -82,7 +93,7 @@ def _plot(rows: list[dict], cost_key: str, xlabel: str, title: str, path: Path) 
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker=m, ls="", color="grey", label=t.replace("_", " "))
-               for t, m in _MARKERS.items() if any(r["technique"] == t for r in pts)]
+               for t, m in _MARKERS.items() if any(_kind(r["technique"]) == t for r in pts)]
     handles += [Line2D([], [], marker="s", ls="", color=c, label=f) for f, c in colors.items()]
     handles.append(Line2D([], [], color="black", ls="--", label="Pareto front"))
     ax.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
@@ -125,7 +136,7 @@ def _level_note(r: dict) -> str:
         return f"{r['sparsity']:.1%} of weights zero"
     if r["technique"] == "prune_structured" and r.get("units_removed_fraction") is not None:
         return f"{r['units_before']}→{r['units_after']} units/layer"
-    if r["technique"] in ("distill", "scratch"):
+    if r["technique"].split("+")[0] in ("distill", "scratch"):
         return f"student val/acc {r['student_val_acc']:.3f}" if r.get("student_val_acc") is not None else ""
     return ""
 

@@ -175,7 +175,7 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
     family, variant = t.get("family", "unknown"), t.get("variant", "unknown")
     # A variant made from a trained model costs that model's training too; a "scratch" student
     # (the distillation's control, trained from labels alone) owes its source nothing.
-    derived = stage == "compress" and t.get("technique") != "scratch"
+    derived = stage == "compress" and not t.get("technique", "").startswith("scratch")
     source = by_id.get(t.get("source_run_id", "")) if derived else None
     own_j, own_kg, own_s = _num(m.get("energy/total_j")), _num(m.get("energy/emissions_kg")), _num(m.get("energy/duration_s"))
     if source is not None:  # a variant of a trained model: its cost includes its source's training

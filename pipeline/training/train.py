@@ -12,9 +12,10 @@ import logging
 import resource
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -39,6 +40,19 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*`isinstance.*treespec.*")
     # models/<family>/<variant>/ also holds the exported weights next to the checkpoint.
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+
+
+@contextmanager
+def torch_flags_restored() -> Iterator[None]:
+    """Give back torch's global determinism flag after training. ``Trainer(deterministic="warn")``
+    switches it on for the whole process; left on, every later int8 inference in the process
+    (the compress stage measures after fine-tuning) prints a warning per call and slows down."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def peak_memory() -> dict[str, int]:
@@ -128,7 +142,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     callbacks = [ckpt, *extra_callbacks]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
-    with meter.measure() as measurement:
+    with meter.measure() as measurement, torch_flags_restored():
         run.set_tags({"energy_method": meter.method})
         recorder = EpochRecorder(measurement, run, cfg.target_val_acc)
         trainer = pl.Trainer(
