@@ -123,11 +123,11 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(in_trained, family):
 
     before = [t.clone() for t in (getattr(m, n) for m, n in P.prunable_weights(state.model))]
     module = Classifier(state.model, spec.num_classes, train_cfg(0.01, 64, 1))
-    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)  # whatever earlier training in this process left
     fit_module(module, TensorBatches(*split_tensors(prepared, "train"), 64, shuffle=True, seed=1),
                TensorBatches(*split_tensors(prepared, "val"), 256, shuffle=False), 1, seed=1)
     # Lightning's deterministic="warn" is given back: later int8 inference would warn on every call
-    assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == flags
+    assert not torch.are_deterministic_algorithms_enabled()
     P.make_permanent(state)
     after = [getattr(m, n) for m, n in P.prunable_weights(state.model)]
     assert any(not torch.equal(a, b) for a, b in zip(after, before))  # it did train

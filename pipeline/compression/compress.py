@@ -129,6 +129,10 @@ def _quantized(ctx: Context, mode: str, model: nn.Module, spec: ModelSpec, recip
                  {**(info or {}), "calibration_samples": sum(len(b) for b in calib)}, counts_from=model)
 
 
+def _quant_technique(mode: str) -> str:
+    return QUANT_DYNAMIC if mode == "dynamic" else QUANT_STATIC
+
+
 def _quant_settings(ctx: Context, mode: str) -> dict:
     q = ctx.params.compress.quantize
     return {"engine": q.engine, **({"calibration_batches": q.calibration_batches} if mode == "static" else {})}
@@ -137,7 +141,7 @@ def _quant_settings(ctx: Context, mode: str) -> dict:
 def _plan_quantize(ctx: Context, skipped: dict[str, str]) -> list[Plan]:
     plans = []
     for mode in ctx.params.compress.quantize.modes:
-        technique = QUANT_DYNAMIC if mode == "dynamic" else QUANT_STATIC
+        technique = _quant_technique(mode)
         reason = static_unsupported_reason(ctx.family) if mode == "static" else None
         if reason:
             skipped[f"{technique}-int8"] = reason
@@ -157,7 +161,7 @@ def _plan_stacked(ctx: Context, plans: list[Plan], skipped: dict[str, str]) -> l
     out = []
     for base in (p for p in plans if p.technique in techniques):
         for mode in q.modes:
-            technique = QUANT_DYNAMIC if mode == "dynamic" else QUANT_STATIC
+            technique = _quant_technique(mode)
             label = f"{base.name}+{technique}-int8"
             reason = static_unsupported_reason(base.family) if mode == "static" else None
             if reason:

@@ -17,13 +17,6 @@ ENERGY_PLOT = "compression_accuracy_vs_energy.png"
 SIZE_PLOT = "compression_accuracy_vs_size.png"
 _MARKERS = {"original": "*", "quant_dynamic": "v", "quant_static": "^", "prune_global": "s",
             "prune_structured": "D", "distill": "o", "scratch": "P", "stacked": "X"}
-_TECHNIQUE_TEXT = {
-    "quant_dynamic": "int8 dynamic quantization", "quant_static": "int8 static quantization (calibrated)",
-    "prune_global": "global unstructured magnitude pruning (zeros kept in dense tensors)",
-    "prune_structured": "structured pruning (units removed)", "distill": "student distilled from this model",
-    "scratch": "the same student trained from labels alone",
-    "stacked": "a pruned model or a student, then int8-quantized (compress.quantize.stack)",
-}
 
 
 def _technique_of(variant: str) -> str:
