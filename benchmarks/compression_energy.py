@@ -9,20 +9,20 @@ MLflow store are left as they are (the workspace has its own store, removed at t
 ``--keep``). It needs the trained models (``dvc repro train`` or ``dvc repro``). ``--stage`` uses
 the compress stage's own variants instead (``models/<family>/compressed/<source>/``).
 
-Energy is measured again here with the evaluate stage's own protocol (``prediction_energy``:
-passes over the test split at the evaluation batch size for at least
-``evaluate.energy_min_duration_s``), for the original and every variant in alternated order over
-``--repeats`` rounds, and the medians are compared: one reading each, as in the stage, is exposed
-to whatever else the machine does at that moment. ``--from-metrics`` (with ``--stage``) uses the
-stage's own figures instead.
+Energy is measured again here with the evaluate stage's own protocol (``energy_rounds``: passes
+over the test split at the evaluation batch size with ``evaluate.num_threads`` torch threads, the
+original and every variant alternating in the same rounds), only longer: ``--seconds`` per model
+in ``--rounds`` rounds (default 4 s in 16 rounds, twice the stage's). A variant's energy ratio is
+the median of its per-round ratios to the original, printed with their quartiles.
+``--from-metrics`` (with ``--stage``) uses the stage's own figures instead.
 
 Beside the energy ratio it prints the ratio of **CPU time** per prediction (this process's own
-CPU seconds). Without a hardware counter, CodeCarbon's energy is CPU load x TDP plus a fixed RAM
-power times *wall* time, so other processes on a shared machine inflate a reading whenever they
-take the CPU away; CPU time is immune to that. Where the two ratios disagree, the machine was
-busy: trust neither alone, measure again on a quiet machine.
+CPU seconds), paired the same way. Without a hardware counter, CodeCarbon's energy is CPU load x
+TDP plus a fixed RAM power times *wall* time, so other processes on a shared machine inflate a
+reading whenever they take the CPU away; CPU time is immune to that. Where the two ratios
+disagree, the machine was busy: trust neither alone, measure again on a quiet machine.
 
-    python benchmarks/compression_energy.py [--profile FILE ...] [--families cnn,rnn] [--repeats 5]
+    python benchmarks/compression_energy.py [--profile FILE ...] [--families cnn,rnn] [--rounds 16 --seconds 4]
     python benchmarks/compression_energy.py --stage [--from-metrics]
 """
 from __future__ import annotations
@@ -42,21 +42,19 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import paths  # noqa: E402
 from pipeline.config import FAMILIES, load_params  # noqa: E402
+from pipeline.evaluation.inference_energy import paired_ratios, ratio_summary  # noqa: E402
 
 TOLERANCE = 0.01  # one accuracy point
 TARGET_RATIO, TARGET_FAMILIES = 0.5, 2
 
 
-def remeasure(params, family: str, source: str, names: list[str], repeats: int, meter
-              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Energy per 1,000 predictions (J) and CPU seconds per 1,000 predictions of the original and
-    each variant, ``repeats`` readings each."""
-    import torch
-
+def remeasure(params, family: str, source: str, names: list[str], meter):
+    """The original's and each variant's readings (``RoundReadings``), all measured in the same
+    rounds with the params' evaluate protocol."""
     from pipeline.compression.artifact import load_variant
     from pipeline.compression.quantize import set_engine
     from pipeline.data.prepare import load_prepared
-    from pipeline.evaluation.evaluate import load_trained, prediction_energy
+    from pipeline.evaluation.evaluate import energy_rounds, load_trained
     from pipeline.training.data import split_tensors
 
     x, _ = split_tensors(load_prepared(params.data.dataset), "test")
@@ -64,20 +62,10 @@ def remeasure(params, family: str, source: str, names: list[str], repeats: int, 
     models = {"original": load_trained(family, source)[0]}
     for name in names:
         models[name] = load_variant(paths.compressed_dir(family, source) / name)[0]
-    readings: dict[str, list[float]] = {k: [] for k in models}
-    cpu: dict[str, list[float]] = {k: [] for k in models}
-    ev = params.evaluate
-    for r in range(repeats):
-        order = list(models) if r % 2 == 0 else list(reversed(models))
-        for name in order:
-            torch.manual_seed(params.base.seed)
-            c0 = time.process_time()
-            n, energy = prediction_energy(models[name], x, ev.batch_size, ev.energy_min_duration_s, meter)
-            cpu[name].append((time.process_time() - c0) / (n + len(x)) * 1000)  # + its warm-up pass
-            if energy.energy_j is None:
-                raise SystemExit("energy measurement unavailable on this machine (see the warning above)")
-            readings[name].append(energy.energy_j / n * 1000)
-    return readings, cpu
+    rounds = energy_rounds(models, x, params.evaluate, meter)
+    if rounds["original"].per_1k_j() is None:
+        raise SystemExit("energy measurement unavailable on this machine (see the warning above)")
+    return rounds
 
 
 def compress_in_workspace(params, families: list[str], source: str, root: Path, meter) -> Path:
@@ -122,9 +110,11 @@ def _compress_all(params, families: list[str], source: str, meter, work: Path) -
 def compare_variants(params, families: list[str], source: str, args, meter) -> tuple[int, int]:
     """Print each family's variants against its original; return (families meeting the target,
     families with variants)."""
+    ev = params.evaluate
     print(f"source model: {source}; within {TOLERANCE * 100:.0f} accuracy point of the original; "
           + ("energy from the compress stage's metrics" if args.from_metrics else
-             f"energy re-measured: median of {args.repeats} alternated readings per model"))
+             f"energy re-measured: {ev.energy_min_duration_s:g} s per model in {ev.energy_rounds} alternated rounds, "
+             f"{ev.num_threads or 'all'} torch thread(s); ratio = median of the per-round ratios (quartiles)"))
     met = 0
     families_seen = 0
     for family in families:
@@ -136,34 +126,48 @@ def compare_variants(params, families: list[str], source: str, args, meter) -> t
         m = json.loads(path.read_text())
         ref, variants = m["reference"], m["variants"]
         cpu_ratio: dict[str, float] = {}
+        quartiles: dict[str, tuple[float, float]] = {}
         if args.from_metrics:
             e_ref = ref.get("energy_per_1k_j")
             energy = {k: v.get("energy_per_1k_j") for k, v in variants.items()}
+            ratios = {k: v.get("energy_ratio") for k, v in variants.items()}
+            quartiles = {k: (v["energy_ratio_q1"], v["energy_ratio_q3"]) for k, v in variants.items()
+                         if "energy_ratio_q1" in v}
             spread = ref.get("energy_per_1k_j_spread")
         else:
-            readings, cpu = remeasure(params, family, source, list(variants), args.repeats, meter)
-            e_ref = statistics.median(readings["original"])
-            energy = {k: statistics.median(readings[k]) for k in variants}
-            cpu_ratio = {k: statistics.median(cpu[k]) / statistics.median(cpu["original"]) for k in variants}
-            r = readings["original"]
-            spread = (max(r) - min(r)) / e_ref if e_ref else None
+            rounds = remeasure(params, family, source, list(variants), meter)
+            orig = rounds["original"]
+            e_ref = orig.total.energy_j / orig.n_pred * 1000
+            energy = {k: rounds[k].total.energy_j / rounds[k].n_pred * 1000 for k in variants}
+            ratios = {}
+            for k in variants:
+                summary = ratio_summary(paired_ratios(rounds[k].per_1k_j(), orig.per_1k_j()))
+                ratios[k] = summary.get("energy_ratio")
+                if "energy_ratio_q1" in summary:
+                    quartiles[k] = (summary["energy_ratio_q1"], summary["energy_ratio_q3"])
+                cpu = paired_ratios(rounds[k].cpu_s_per_1k(), orig.cpu_s_per_1k())
+                if cpu:
+                    cpu_ratio[k] = statistics.median(cpu)
+            spread = orig.spread()
         print(f"\n{family} ({source}): original test/acc {ref['test_acc']:.4f}, {e_ref:.4f} J/1k predictions"
               + (f" (spread of its readings {spread:.0%})" if spread is not None else ""))
         rows = []
         for name, v in variants.items():
-            if energy.get(name) is None or not e_ref:
+            if energy.get(name) is None or ratios.get(name) is None:
                 continue
-            ratio = energy[name] / e_ref
+            ratio = ratios[name]
             ok = v["acc_delta"] >= -TOLERANCE - 1e-12
             rows.append((name, v["acc_delta"], energy[name], ratio, ok))
             cpu_txt = f"  CPU-time ratio {cpu_ratio[name]:5.2f}" if name in cpu_ratio else ""
+            q = f" ({quartiles[name][0]:.2f}-{quartiles[name][1]:.2f})" if name in quartiles else ""
             print(f"  {name:34s} acc {v['test_acc']:.4f} ({v['acc_delta'] * 100:+5.1f} pts)  "
-                  f"{energy[name]:.4f} J/1k  energy ratio {ratio:5.2f}{cpu_txt}{'' if ok else '   (outside 1 point)'}")
+                  f"{energy[name]:.4f} J/1k  energy ratio {ratio:5.2f}{q}{cpu_txt}"
+                  f"{'' if ok else '   (outside 1 point)'}")
         eligible = [r for r in rows if r[4]]
         if not eligible:
             print(f"  -> no variant within {TOLERANCE * 100:.0f} point of the original")
             continue
-        best = min(eligible, key=lambda r: r[2])
+        best = min(eligible, key=lambda r: r[3])  # paired ratio: the lowest energy, drift cancelled
         hit = best[3] <= TARGET_RATIO
         met += hit
         cpu_txt = f" (CPU-time ratio {cpu_ratio[best[0]]:.2f})" if best[0] in cpu_ratio else ""
@@ -183,8 +187,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary workspace (models, MLflow store)")
     ap.add_argument("--source", default=None, choices=["baseline", "tuned"],
                     help="which compressed model (default: the first of compress.sources)")
-    ap.add_argument("--repeats", type=int, default=5, help="alternated energy readings per model (default 5)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--rounds", type=int, default=16, help="alternated energy readings per model (default 16)")
+    ap.add_argument("--seconds", type=float, default=4.0, help="measured seconds per model, all rounds (default 4)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads while predicting (default: evaluate.num_threads; 0: torch's own choice)")
     ap.add_argument("--from-metrics", action="store_true",
                     help="with --stage: use the compress stage's figures, measure nothing")
     args = ap.parse_args(argv)
@@ -200,11 +206,13 @@ def main(argv=None) -> int:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         ap.error(f"--families: unknown {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    if args.rounds < 1 or args.seconds <= 0 or (args.threads is not None and args.threads < 0):
+        ap.error("--rounds must be >= 1, --seconds > 0 and --threads >= 0")
+    evaluate = {"energy_rounds": args.rounds, "energy_min_duration_s": args.seconds}
+    if args.threads is not None:
+        evaluate["num_threads"] = args.threads
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update=evaluate)})
     meter = None
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if not args.from_metrics:
         from pipeline.energy import EnergyMeter
 

@@ -149,6 +149,11 @@ class EvaluateCfg(_Strict):
     # Inference is repeated over the test split until at least this long, so its energy is
     # well above the meter's resolution.
     energy_min_duration_s: float = Field(2.0, gt=0)
+    # ... split into this many readings; models compared with each other (the compress stage)
+    # are measured in the same rounds, alternating, and compared round by round.
+    energy_rounds: int = Field(8, ge=1, le=1000)
+    # Torch intra-op threads while predicting (0: torch's default, one per core).
+    num_threads: int = Field(1, ge=0, le=1024)
 
 
 class TrackingCfg(_Strict):

@@ -247,7 +247,8 @@ def test_cli_exits_2_on_a_bad_level(workdir):
 # -- the stage -----------------------------------------------------------------------------------
 
 REQUIRED = {"test_acc", "test_f1_macro", "acc_delta", "params_total", "params_nonzero", "size_bytes",
-            "latency_ms_per_sample", "throughput_per_s", "energy_per_1k_j", "compress_energy_j", "energy_ratio"}
+            "latency_ms_per_sample", "throughput_per_s", "energy_per_1k_j", "compress_energy_j", "energy_ratio",
+            "energy_ratio_q1", "energy_ratio_q3", "energy_rounds", "inference_threads"}
 
 
 def test_compress_stage_measures_and_tracks_every_variant(in_trained, meter):
@@ -263,6 +264,10 @@ def test_compress_stage_measures_and_tracks_every_variant(in_trained, meter):
         assert v["compress_energy_j"] > 0  # measured, never a placeholder zero
         assert ("payback_predictions" in v) != ("payback" in v)
         assert (paths.compressed_dir("cnn") / name / "model.pt").is_file()
+        # every model measured in the same rounds as the reference, with the configured threads
+        assert v["energy_rounds"] == params.evaluate.energy_rounds == written["reference"]["energy_rounds"]
+        assert v["inference_threads"] == params.evaluate.num_threads
+        assert v["energy_ratio_q1"] <= v["energy_ratio"] <= v["energy_ratio_q3"]
     assert m["variants"]["prune_global-0.5"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert m["variants"]["prune_global-0.5"]["params_nonzero"] < m["reference"]["params_nonzero"]
     assert m["variants"]["prune_structured-0.5"]["params_total"] < m["reference"]["params_total"]

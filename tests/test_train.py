@@ -56,6 +56,10 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
 
     e = evaluate_family(params, "mlp", meter=meter)
     assert 0 <= e["test_acc"] <= 1 and e["energy_per_1k_j"] > 0 and e["latency_ms_per_sample"] > 0
+    assert e["energy_rounds"] == params.evaluate.energy_rounds and e["energy_per_1k_j_spread"] >= 0
+    assert e["inference_threads"] == params.evaluate.num_threads == 1
+    n_test = len(prepared.arrays["y_test"])  # whole passes over the test split, at least one per round
+    assert e["predictions_measured"] % n_test == 0 and e["predictions_measured"] >= params.evaluate.energy_rounds * n_test
     (ev,) = _runs(params, "evaluate")
     assert ev.data.tags["variant"] == "baseline"
     assert ev.data.tags["source_run_id"] == run.info.run_id

@@ -5,9 +5,10 @@ For every variant: test accuracy and macro-F1 and their change against the sourc
 parameters (total and non-zero), size on disk, latency per sample, throughput and energy per
 1,000 predictions, FLOPs per sample where countable, and the energy the compression itself spent
 (quantizing and calibrating, fine-tuning, teacher outputs and student training), hence the number
-of predictions after which it pays back. The source model is measured in the same process at the
-start and at the end of the stage, so variants are compared with a reference taken under the
-same conditions (the spread between the two readings is recorded as the noise floor).
+of predictions after which it pays back. Once every variant is made, the source model and the
+variants are measured for energy in the same rounds, alternating (``evaluate.energy_rounds``), and
+each variant's energy ratio is the median of its per-round ratios to the source model, with their
+quartiles: drift of the machine's speed between rounds hits both sides of every ratio.
 
 Each variant is one MLflow run (tags ``stage=compress``, ``technique``, ``level``, ``variant``,
 ``source_run_id``) with the compressed model as its artifact; the stage writes
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,7 +36,8 @@ from pipeline.compression.quantize import quantize_dynamic, quantize_static, set
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.evaluate import InferenceMeasurement, load_trained, measure_inference
+from pipeline.evaluation.evaluate import InferenceMeasurement, energy_rounds, load_trained, measured_threads, quality
+from pipeline.evaluation.inference_energy import RoundReadings, paired_ratios, ratio_summary
 from pipeline.models.factory import ModelSpec
 from pipeline.tracking import Run, base_tags, client_for, tracked_run
 from pipeline.training.data import TensorBatches, split_tensors
@@ -263,10 +264,21 @@ def plan_variants(ctx: Context) -> tuple[list[Plan], dict[str, str]]:
     return plans + _plan_stacked(ctx, plans, skipped), skipped
 
 
-def _measure(ctx: Context, model: nn.Module, meter: EnergyMeter) -> InferenceMeasurement:
+REFERENCE = "original"  # the source model's key among the models measured together
+
+
+def _quality(ctx: Context, model: nn.Module) -> tuple:
     x, _ = ctx.tensors("test")
-    y = ctx.prepared.arrays["y_test"]
-    return measure_inference(model, x, y, ctx.spec.num_classes, ctx.params.evaluate, meter)
+    return quality(model, x, ctx.prepared.arrays["y_test"], ctx.spec.num_classes, ctx.params.evaluate)
+
+
+def _measure_energy(ctx: Context, models: dict[str, nn.Module], meter: EnergyMeter) -> dict[str, RoundReadings]:
+    """The source model and every variant, measured in the same interleaved rounds."""
+    x, _ = ctx.tensors("test")
+    ev = ctx.params.evaluate
+    print(f"[{ctx.family}/{ctx.source}] measuring inference energy: {len(models)} models x {ev.energy_rounds} "
+          f"rounds, {ev.energy_min_duration_s:g} s each, {measured_threads(ev)} thread(s)", flush=True)
+    return energy_rounds(models, x, ev, meter)
 
 
 def _size_figures(model: nn.Module, spec: ModelSpec, model_path: Path, quantized: bool,
@@ -279,22 +291,17 @@ def _size_figures(model: nn.Module, spec: ModelSpec, model_path: Path, quantized
     return out
 
 
-def _reference(ctx: Context, first: InferenceMeasurement, last: InferenceMeasurement) -> dict:
+def _reference(ctx: Context, m: InferenceMeasurement) -> dict:
     source_dir = paths.model_dir(ctx.family, ctx.source)
-    ref = {k: v for k, v in first.metrics().items() if k != "energy_method"}
-    a, b = first.metrics().get("energy_per_1k_j"), last.metrics().get("energy_per_1k_j")
-    if a is not None and b is not None:
-        ref["energy_per_1k_j"] = (a + b) / 2
-        ref["energy_per_1k_j_first"], ref["energy_per_1k_j_last"] = a, b
-        ref["energy_per_1k_j_spread"] = abs(a - b) / ((a + b) / 2)
-    ref["throughput_per_s"] = (first.metrics()["throughput_per_s"] + last.metrics()["throughput_per_s"]) / 2
+    ref = {k: v for k, v in m.metrics().items() if k != "energy_method"}
     ref.update(_size_figures(ctx.teacher, ctx.spec, source_dir / "model.pt", False, None))
     return ref
 
 
-def _variant_metrics(m: InferenceMeasurement, ref: dict, ref_pred: np.ndarray, cost: EnergyReading,
+def _variant_metrics(m: InferenceMeasurement, ref: dict, ref_m: InferenceMeasurement, cost: EnergyReading,
                      sizes: dict, built: Built) -> dict:
     out = {k: v for k, v in m.metrics().items() if k != "energy_method"}
+    ref_pred = ref_m.y_pred
     out["acc_delta"] = out["test_acc"] - ref["test_acc"]
     out["f1_delta"] = out["test_f1_macro"] - ref["test_f1_macro"]
     out["agreement_with_source"] = float((m.y_pred == ref_pred).mean())
@@ -310,7 +317,7 @@ def _variant_metrics(m: InferenceMeasurement, ref: dict, ref_pred: np.ndarray, c
         out["compress_emissions_kg"] = cost.emissions_kg
     e_var, e_ref = out.get("energy_per_1k_j"), ref.get("energy_per_1k_j")
     if e_var is not None and e_ref:
-        out["energy_ratio"] = e_var / e_ref
+        out.update(ratio_summary(paired_ratios(m.rounds.per_1k_j(), ref_m.rounds.per_1k_j())))
         saved_per_prediction = (e_ref - e_var) / 1000
         if cost.energy_j is not None and saved_per_prediction > 0:
             out["payback_predictions"] = cost.energy_j / saved_per_prediction
@@ -331,6 +338,8 @@ _METRIC_NAMES = {
     "payback_predictions": "compress/payback_predictions", "energy_ratio": "compress/energy_ratio",
     "latency_ratio": "compress/latency_ratio", "throughput_ratio": "compress/throughput_ratio",
     "size_ratio": "compress/size_ratio", "sparsity": "compress/sparsity",
+    "energy_ratio_q1": "compress/energy_ratio_q1", "energy_ratio_q3": "compress/energy_ratio_q3",
+    "energy_per_1k_j_spread": "test/energy_per_1k_j_spread",
     "units_removed_fraction": "compress/units_removed_fraction", "student_val_acc": "compress/student_val_acc",
 }
 
@@ -348,7 +357,7 @@ def _log_work(run: Run, ctx: Context, plan: Plan, cost: EnergyReading, built: Bu
 
 
 def _log_figures(run: Run, metrics: dict, reference: dict) -> None:
-    """The measured figures, once the reference's second reading is in."""
+    """The measured figures, once every model's energy has been measured."""
     run.log_metrics({_METRIC_NAMES[k]: v for k, v in metrics.items()
                      if k in _METRIC_NAMES and isinstance(v, (int, float))})
     run.log_metrics({"reference/test_acc": reference["test_acc"],
@@ -374,7 +383,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
     data_hash = prepared.card["sha256"]
     source_run_id = source_run.get("run_id", "unknown")
 
-    first = _measure(ctx, teacher, meter)
+    ref_quality = _quality(ctx, teacher)
     done = []
     for plan in plans:
         tags = {**base_tags("compress", family, data_hash), "variant": plan.name, "technique": plan.technique,
@@ -396,23 +405,27 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
             model, _, _ = load_variant(variant_dir)  # measure what was saved
             quantized = bool(built.recipe.get("quantization"))
             sizes = _size_figures(model, built.spec, model_path, quantized, built.counts_from)
-            result = _measure(ctx, model, meter)
+            measured = _quality(ctx, model)
             _log_work(run, ctx, plan, cost, built, variant_dir)
-        done.append((plan, name, run.run_id, result, cost, sizes, built))
-        print(f"[{family}/{source}] {plan.name}: test/acc {result.acc:.4f}, "
-              f"{result.metrics().get('energy_per_1k_j', float('nan')):.4f} J/1k predictions, "
+        done.append((plan, run.run_id, model, measured, cost, sizes, built))
+        print(f"[{family}/{source}] {plan.name}: test/acc {measured[2]:.4f}, "
               f"compression {cost.energy_j if cost.energy_j is not None else float('nan'):.2f} J", flush=True)
 
-    # The reference is measured again last: variants are compared with the mean of both readings.
-    last = _measure(ctx, teacher, meter)
-    reference = _reference(ctx, first, last)
+    rounds = _measure_energy(ctx, {REFERENCE: teacher, **{d[0].name: d[2] for d in done}}, meter)
+    threads = measured_threads(params.evaluate)
+    ref_m = InferenceMeasurement(*ref_quality, rounds[REFERENCE], threads)
+    reference = _reference(ctx, ref_m)
     variants: dict[str, dict] = {}
     client, _ = client_for(params.tracking)
-    for plan, name, run_id, result, cost, sizes, built in done:
+    for plan, run_id, _, measured, cost, sizes, built in done:
+        result = InferenceMeasurement(*measured, rounds[plan.name], threads)
         metrics = {"technique": plan.technique, "level": plan.level,
-                   **_variant_metrics(result, reference, first.y_pred, cost, sizes, built)}
+                   **_variant_metrics(result, reference, ref_m, cost, sizes, built)}
         _log_figures(Run(client, run_id), metrics, reference)  # onto the variant's finished run
         variants[plan.name] = metrics
+        ratio = metrics.get("energy_ratio")
+        print(f"[{family}/{source}] {plan.name}: {metrics.get('energy_per_1k_j', float('nan')):.4f} J/1k predictions, "
+              f"energy ratio {ratio if ratio is not None else float('nan'):.2f}", flush=True)
 
     out = {
         "family": family,

@@ -116,12 +116,20 @@ def _payback(r: dict) -> str:
     return "never" if r.get("payback") else "n/a"
 
 
+def _ratio_text(r: dict) -> str:
+    """Median per-round ratio, with its quartiles where there were several rounds."""
+    text = _fmt(r.get("energy_ratio"), "{:.2f}")
+    if r.get("energy_ratio_q1") is not None and r.get("energy_ratio_q3") is not None:
+        text += f" ({r['energy_ratio_q1']:.2f}–{r['energy_ratio_q3']:.2f})"
+    return text
+
+
 def _level_note(r: dict) -> str:
     if r["technique"] == "original":
         notes = []
         if r.get("energy_per_1k_j_spread") is not None:
-            notes.append(f"readings {r['energy_per_1k_j_first']:.4f} and {r['energy_per_1k_j_last']:.4f} J/1k "
-                         f"(spread {r['energy_per_1k_j_spread']:.0%})")
+            notes.append(f"{r.get('energy_rounds', '?')} readings, interquartile spread "
+                         f"{r['energy_per_1k_j_spread']:.0%}")
         if r.get("evaluate_energy_per_1k_j") is not None:
             notes.append(f"evaluate stage: {r['evaluate_energy_per_1k_j']:.4f} J/1k, test acc {r['evaluate_test_acc']:.4f}")
         return "; ".join(notes)
@@ -136,7 +144,7 @@ def _level_note(r: dict) -> str:
 
 def _table(rows: list[dict], front_energy: set[str], front_size: set[str]) -> list[str]:
     head = ("| model | technique | level | test acc | Δ acc (points) | macro-F1 | params (non-zero / total) | "
-            "size (KB) | gzip (KB) | latency (ms) | throughput (/s) | J / 1k pred | energy ratio | "
+            "size (KB) | gzip (KB) | latency (ms) | throughput (/s) | J / 1k pred | energy ratio (quartiles) | "
             "compression (J) | pay-back (predictions) | note |")
     out = [head, "|" + "---|" * 16]
     for r in rows:
@@ -147,7 +155,7 @@ def _table(rows: list[dict], front_energy: set[str], front_size: set[str]) -> li
         marks = ("E" if r["model"] in front_energy else "") + ("S" if r["model"] in front_size else "")
         name = f"**{name}**" + (f" ({marks})" if marks else "") if marks else name
         delta = "" if r["technique"] == "original" else f"{r['acc_delta'] * 100:+.1f}"
-        ratio = "1" if r["technique"] == "original" else _fmt(r.get("energy_ratio"), "{:.2f}")
+        ratio = "1" if r["technique"] == "original" else _ratio_text(r)
         out.append(" | ".join([
             f"| {name}", r["technique"], r.get("level", ""), f"{r['test_acc']:.4f}", delta,
             f"{r['test_f1_macro']:.4f}", f"{r['params_nonzero']:,} / {r['params_total']:,}",
@@ -168,15 +176,20 @@ def _span(values: list[float]) -> str:
     return f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}"
 
 
-def _verdict(variants: list[dict], floors: dict[str, float]) -> str:
-    """Energy ratios read against each source model's own noise floor (the spread of its two
-    readings, at least 5 %): which models saved, which cost more, which showed no difference."""
+MIN_EFFECT = 0.05  # a ratio within 5 % of 1 is no difference, however tight its quartiles
+
+
+def _verdict(variants: list[dict]) -> str:
+    """Energy ratios read with their own uncertainty: a variant saved (cost) energy when the upper
+    (lower) quartile of its per-round ratios lies below 0.95 (above 1.05); otherwise the rounds
+    show no difference beyond the noise."""
     groups: dict[str, list[str]] = {"less energy": [], "more energy": [], "no difference beyond the noise": []}
     for r in variants:
-        floor = floors.get(f"{r['family']}-{r['source']}", 0.05)
-        key = ("less energy" if r["energy_ratio"] < 1 - floor else
-               "more energy" if r["energy_ratio"] > 1 + floor else "no difference beyond the noise")
-        groups[key].append(f"{r['family']}-{r['source']} {r['energy_ratio']:.2f}")
+        ratio = r["energy_ratio"]
+        q1, q3 = r.get("energy_ratio_q1", ratio), r.get("energy_ratio_q3", ratio)
+        key = ("less energy" if q3 < 1 - MIN_EFFECT else
+               "more energy" if q1 > 1 + MIN_EFFECT else "no difference beyond the noise")
+        groups[key].append(f"{r['family']}-{r['source']} {ratio:.2f}")
     return "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items() if v)
 
 
@@ -184,14 +197,17 @@ def _meaning(rows: list[dict]) -> list[str]:
     """What the measured numbers mean here; every figure quoted comes from the rows above."""
     lines = []
     refs = [r for r in rows if r["technique"] == "original"]
-    floors = {r["model"]: max(0.05, r.get("energy_per_1k_j_spread") or 0.0) for r in refs}
     spreads = [r["energy_per_1k_j_spread"] for r in refs if r.get("energy_per_1k_j_spread") is not None]
     methods = sorted({r.get("energy_method") for r in rows if r.get("energy_method")})
     if spreads:
-        lines.append(f"- **Noise floor.** Each original was measured at the start and at the end of its compress "
-                     f"stage; the two readings differ by {min(spreads):.0%}–{max(spreads):.0%} (other work on the "
-                     f"machine stretches time, hence energy). A variant's energy ratio is read as a saving or a "
-                     f"cost only beyond its own original's spread (at least 5 %); the verdicts below do so.")
+        rounds = sorted({r.get("energy_rounds") for r in refs if r.get("energy_rounds")})
+        threads = sorted({r.get("inference_threads") for r in refs if r.get("inference_threads")})
+        lines.append(f"- **Noise.** Each original and its variants were measured in the same "
+                     f"{'/'.join(map(str, rounds))} rounds, alternating, with {'/'.join(map(str, threads))} "
+                     f"torch thread(s); an original's own readings vary by {min(spreads):.0%}–{max(spreads):.0%} "
+                     f"(interquartile range over its rounds). A variant's energy ratio is the median of its "
+                     f"per-round ratios to its original, and counts as a saving or a cost only when the "
+                     f"quartiles of those ratios lie beyond ±{MIN_EFFECT:.0%}; the verdicts below do so.")
     lines.append("- **What energy means here.** Without a hardware counter, CodeCarbon estimates CPU power from this "
                  "process's CPU load times the CPU's TDP and adds a fixed RAM power, so energy per prediction "
                  "follows time per prediction: a variant saves energy only if it runs faster at the evaluation "
@@ -199,23 +215,23 @@ def _meaning(rows: list[dict]) -> list[str]:
     g = _ratios(rows, "prune_global")
     if g:
         lines.append(f"- **Unstructured pruning.** Global magnitude pruning zeroes weights inside dense tensors, and "
-                     f"dense CPU kernels multiply the zeros like any other number ({_verdict(g, floors)}). The file "
+                     f"dense CPU kernels multiply the zeros like any other number ({_verdict(g)}). The file "
                      f"on disk keeps its size (dense storage); only the gzip column shrinks. Sparse kernels or "
                      f"sparse storage would be needed to turn the zeros into savings.")
     st = _ratios(rows, "prune_structured")
     if st:
         lines.append(f"- **Structured pruning** removes whole neurons/channels/hidden units, leaving a smaller dense "
-                     f"model that dense kernels run with less work ({_verdict(st, floors)}).")
+                     f"model that dense kernels run with less work ({_verdict(st)}).")
     qd = _ratios(rows, "quant_dynamic")
     if qd:
         sizes = _span([r["size_ratio"] for r in qd if r.get("size_ratio") is not None] or [1.0])
         lines.append(f"- **Dynamic int8 quantization** stores the weights of the layers it covers as int8 (size "
-                     f"ratio {sizes}) and quantizes activations on every call ({_verdict(qd, floors)}); it can "
+                     f"ratio {sizes}) and quantizes activations on every call ({_verdict(qd)}); it can "
                      f"only pay where int8 matrix products save more than that per-call quantization costs.")
     qs = _ratios(rows, "quant_static")
     if qs:
         lines.append(f"- **Static int8 quantization** (calibrated scales, fused Conv/Linear+ReLU, int8 activations "
-                     f"between layers; MLP and CNN only): {_verdict(qs, floors)}.")
+                     f"between layers; MLP and CNN only): {_verdict(qs)}.")
     d = _ratios(rows, "distill")
     if d:
         pairs = []
@@ -224,7 +240,7 @@ def _meaning(rows: list[dict]) -> list[str]:
                          and t["source"] == r["source"] and t.get("level") == r.get("level")), None)
             if twin:
                 pairs.append(f"{r['family']}-{r['source']} {r['test_acc']:.3f} vs {twin['test_acc']:.3f}")
-        lines.append(f"- **Distillation** trains a smaller student ({_verdict(d, floors)}). The teacher's benefit is "
+        lines.append(f"- **Distillation** trains a smaller student ({_verdict(d)}). The teacher's benefit is "
                      f"the test accuracy of the distilled student against the same student trained from labels "
                      f"alone with the same seed and budget: {'; '.join(pairs)}.")
     lines.append("- **Pay-back** is the compression's own energy (quantizing and calibrating, fine-tuning, teacher "

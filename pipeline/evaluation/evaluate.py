@@ -2,7 +2,8 @@
 
 Quality: accuracy, macro-F1, confusion matrix. Cost: latency per sample (batch of one), throughput
 at the evaluation batch size, and energy per 1,000 predictions, measured over repeated passes
-of the test split lasting at least ``evaluate.energy_min_duration_s``.
+of the test split lasting at least ``evaluate.energy_min_duration_s`` in ``evaluate.energy_rounds``
+rounds, with ``evaluate.num_threads`` torch threads (see ``inference_energy``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
 from pipeline.data.sources import DataError
 from pipeline.energy import EnergyMeter, EnergyReading
+from pipeline.evaluation.inference_energy import RoundReadings, inference_threads, measure_rounds, predict
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.tracking import base_tags, tracked_run
 
@@ -37,11 +39,6 @@ def load_trained(family: str, variant: str = paths.BASELINE) -> tuple[nn.Module,
     model = build_model(spec)
     model.load_state_dict(torch.load(files[1], map_location="cpu", weights_only=True))
     return model.eval(), spec, json.loads(files[2].read_text())
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).argmax(1)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -106,8 +103,16 @@ class InferenceMeasurement:
     acc: float
     f1: float
     latency_s: float  # median single-sample prediction time
-    n_pred: int  # predictions made inside the energy measurement
-    energy: EnergyReading  # of those predictions
+    rounds: RoundReadings  # energy of the measured predictions, one reading per round
+    threads: int  # torch threads during the measurement
+
+    @property
+    def n_pred(self) -> int:
+        return self.rounds.n_pred
+
+    @property
+    def energy(self) -> EnergyReading:
+        return self.rounds.total
 
     def metrics(self) -> dict[str, float]:
         """The evaluate stage's flat metrics (names as in metrics/evaluate/*.json)."""
@@ -118,42 +123,48 @@ class InferenceMeasurement:
             "latency_ms_per_sample": self.latency_s * 1e3,
             "throughput_per_s": n_pred / energy.duration_s,
             "predictions_measured": n_pred,
+            "energy_rounds": len(self.rounds.readings),
+            "inference_threads": self.threads,
             "energy_method": energy.method,
         }
         if energy.energy_j is not None:
             metrics["energy_per_1k_j"] = energy.energy_j / n_pred * 1000
             metrics["emissions_per_1k_kg"] = energy.emissions_kg / n_pred * 1000
             metrics["inference_mean_power_w"] = energy.mean_power_w
+            spread = self.rounds.spread()
+            if spread is not None:
+                metrics["energy_per_1k_j_spread"] = spread
         return metrics
+
+
+def quality(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: EvaluateCfg
+            ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """(predictions, confusion matrix, accuracy, macro-F1, median latency per sample in s) on (x, y)."""
+    with inference_threads(cfg.num_threads):
+        y_pred = predict(model, x, cfg.batch_size).numpy()
+        latency = latency_per_sample_s(model, x, cfg.latency_samples)
+    cm = confusion(y, y_pred, num_classes)
+    return y_pred, cm, float((y_pred == y).mean()), macro_f1(cm), latency
+
+
+def energy_rounds(models: dict[str, nn.Module], x: torch.Tensor, cfg: EvaluateCfg, meter: EnergyMeter
+                  ) -> dict[str, RoundReadings]:
+    """Prediction energy of each model with the evaluate block's protocol (models interleaved)."""
+    with inference_threads(cfg.num_threads):
+        return measure_rounds(models, x, cfg.batch_size, cfg.energy_min_duration_s, cfg.energy_rounds, meter)
+
+
+def measured_threads(cfg: EvaluateCfg) -> int:
+    return cfg.num_threads or torch.get_num_threads()
 
 
 def measure_inference(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: EvaluateCfg,
                       meter: EnergyMeter) -> InferenceMeasurement:
     """Accuracy and macro-F1 on (x, y); latency per sample (batch of one); energy of repeated
     passes over x at ``cfg.batch_size`` lasting at least ``cfg.energy_min_duration_s``."""
-    bs = cfg.batch_size
-    y_pred = predict(model, x, bs).numpy()
-    cm = confusion(y, y_pred, num_classes)
-    acc = float((y_pred == y).mean())
-    f1 = macro_f1(cm)
-    latency = latency_per_sample_s(model, x, cfg.latency_samples)
-
-    n_pred, energy = prediction_energy(model, x, bs, cfg.energy_min_duration_s, meter)
-    return InferenceMeasurement(y_pred, cm, acc, f1, latency, n_pred, energy)
-
-
-def prediction_energy(model: nn.Module, x: torch.Tensor, batch_size: int, min_duration_s: float,
-                      meter: EnergyMeter) -> tuple[int, EnergyReading]:
-    """(predictions made, their energy): whole passes over x at ``batch_size``, repeated until at
-    least ``min_duration_s``, after one warm-up pass outside the measured block."""
-    predict(model, x, batch_size)
-    passes = 0
-    with meter.measure() as m:
-        t0 = time.perf_counter()
-        while passes == 0 or time.perf_counter() - t0 < min_duration_s:
-            predict(model, x, batch_size)
-            passes += 1
-    return passes * len(x), m.total
+    y_pred, cm, acc, f1, latency = quality(model, x, y, num_classes, cfg)
+    rounds = energy_rounds({"model": model}, x, cfg, meter)["model"]
+    return InferenceMeasurement(y_pred, cm, acc, f1, latency, rounds, measured_threads(cfg))
 
 
 def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
