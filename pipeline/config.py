@@ -154,6 +154,9 @@ class EvaluateCfg(_Strict):
     energy_rounds: int = Field(8, ge=1, le=1000)
     # Torch intra-op threads while predicting (0: torch's default, one per core).
     num_threads: int = Field(1, ge=0, le=1024)
+    # Fix glibc's mmap/trim thresholds before measuring, so activation buffers are reused as in a
+    # long-running server instead of page-faulted anew depending on the process's history.
+    steady_allocator: bool = True
 
 
 class TrackingCfg(_Strict):

@@ -71,7 +71,7 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
         model, spec, _ = load_trained(family, variant)
         x = torch.from_numpy(prepared.arrays["x_test"]).float()
         test = measure_inference(model, x, prepared.arrays["y_test"], spec.num_classes, params.evaluate, meter).metrics()
-        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in test.items() if k != "energy_method"})
+        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in test.items() if not isinstance(v, str)})
         metrics = {"sweep_width": w, "sweep_depth": d,
                    "width": hparams[WIDTH_KEY[family]], "depth": hparams[DEPTH_KEY[family]],
                    **{k: v for k, v in test.items() if k in ("test_acc", "test_f1_macro", "energy_per_1k_j",

@@ -5,8 +5,8 @@ from torch import nn
 
 from pipeline.config import EnergyCfg
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.inference_energy import (RoundReadings, inference_threads, measure_rounds, paired_ratios,
-                                                  ratio_summary)
+from pipeline.evaluation.inference_energy import (RoundReadings, allocator_setting, inference_threads, measure_rounds,
+                                                  paired_ratios, ratio_summary, steady_allocator)
 
 
 def test_inference_threads_sets_and_restores_torch_threads():
@@ -83,3 +83,27 @@ def test_ratios_are_absent_when_energy_was_not_measured():
     assert paired_ratios(unmeasured.per_1k_j(), _rounds([1.0]).per_1k_j()) is None
     assert ratio_summary(None) == {}
     assert ratio_summary([0.7]) == {"energy_ratio": 0.7}
+
+
+def test_steady_allocator_fixes_glibc_thresholds_once():
+    import ctypes
+    import ctypes.util
+
+    assert steady_allocator() == "glibc-steady" == allocator_setting()
+    assert steady_allocator() == "glibc-steady"  # idempotent
+    # A freed 40 MB buffer stays in the heap: allocating it again faults no new pages. (glibc's
+    # default maps and unmaps anything above 32 MB every time: ~10,000 page faults per use.)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    import resource
+
+    def faults_for_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ptr = libc.malloc(40 << 20)
+        ctypes.memset(ptr, 1, 40 << 20)
+        libc.free(ptr)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_for_buffer()
+    assert faults_for_buffer() < 100

@@ -58,6 +58,7 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     assert 0 <= e["test_acc"] <= 1 and e["energy_per_1k_j"] > 0 and e["latency_ms_per_sample"] > 0
     assert e["energy_rounds"] == params.evaluate.energy_rounds and e["energy_per_1k_j_spread"] >= 0
     assert e["inference_threads"] == params.evaluate.num_threads == 1
+    assert e["inference_allocator"] == "glibc-steady"  # Linux/glibc, as on every machine of this project
     n_test = len(prepared.arrays["y_test"])  # whole passes over the test split, at least one per round
     assert e["predictions_measured"] % n_test == 0 and e["predictions_measured"] >= params.evaluate.energy_rounds * n_test
     (ev,) = _runs(params, "evaluate")

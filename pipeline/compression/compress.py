@@ -37,7 +37,7 @@ from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.evaluation.evaluate import InferenceMeasurement, energy_rounds, load_trained, measured_threads, quality
-from pipeline.evaluation.inference_energy import RoundReadings, paired_ratios, ratio_summary
+from pipeline.evaluation.inference_energy import RoundReadings, allocator_setting, paired_ratios, ratio_summary
 from pipeline.models.factory import ModelSpec
 from pipeline.tracking import Run, base_tags, client_for, tracked_run
 from pipeline.training.data import TensorBatches, split_tensors
@@ -362,7 +362,8 @@ def _log_figures(run: Run, metrics: dict, reference: dict) -> None:
                      if k in _METRIC_NAMES and isinstance(v, (int, float))})
     run.log_metrics({"reference/test_acc": reference["test_acc"],
                      "reference/energy_per_1k_j": reference.get("energy_per_1k_j")})
-    run.set_tags({"flops_note": metrics.get("flops_note"), "payback": metrics.get("payback")})
+    run.set_tags({"flops_note": metrics.get("flops_note"), "payback": metrics.get("payback"),
+                  "inference_allocator": metrics.get("inference_allocator")})
 
 
 def compress_family(params: Params, family: str, source: str = paths.BASELINE, meter: EnergyMeter | None = None,
@@ -412,13 +413,13 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
               f"compression {cost.energy_j if cost.energy_j is not None else float('nan'):.2f} J", flush=True)
 
     rounds = _measure_energy(ctx, {REFERENCE: teacher, **{d[0].name: d[2] for d in done}}, meter)
-    threads = measured_threads(params.evaluate)
-    ref_m = InferenceMeasurement(*ref_quality, rounds[REFERENCE], threads)
+    threads, allocator = measured_threads(params.evaluate), allocator_setting()
+    ref_m = InferenceMeasurement(*ref_quality, rounds[REFERENCE], threads, allocator)
     reference = _reference(ctx, ref_m)
     variants: dict[str, dict] = {}
     client, _ = client_for(params.tracking)
     for plan, run_id, _, measured, cost, sizes, built in done:
-        result = InferenceMeasurement(*measured, rounds[plan.name], threads)
+        result = InferenceMeasurement(*measured, rounds[plan.name], threads, allocator)
         metrics = {"technique": plan.technique, "level": plan.level,
                    **_variant_metrics(result, reference, ref_m, cost, sizes, built)}
         _log_figures(Run(client, run_id), metrics, reference)  # onto the variant's finished run

@@ -21,7 +21,8 @@ from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
 from pipeline.data.sources import DataError
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.inference_energy import RoundReadings, inference_threads, measure_rounds, predict
+from pipeline.evaluation.inference_energy import (RoundReadings, allocator_setting, inference_threads, measure_rounds,
+                                                  predict, steady_allocator)
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.tracking import base_tags, tracked_run
 
@@ -105,6 +106,7 @@ class InferenceMeasurement:
     latency_s: float  # median single-sample prediction time
     rounds: RoundReadings  # energy of the measured predictions, one reading per round
     threads: int  # torch threads during the measurement
+    allocator: str = "default"  # "glibc-steady" when the allocator thresholds were fixed
 
     @property
     def n_pred(self) -> int:
@@ -125,6 +127,7 @@ class InferenceMeasurement:
             "predictions_measured": n_pred,
             "energy_rounds": len(self.rounds.readings),
             "inference_threads": self.threads,
+            "inference_allocator": self.allocator,
             "energy_method": energy.method,
         }
         if energy.energy_j is not None:
@@ -150,6 +153,8 @@ def quality(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, 
 def energy_rounds(models: dict[str, nn.Module], x: torch.Tensor, cfg: EvaluateCfg, meter: EnergyMeter
                   ) -> dict[str, RoundReadings]:
     """Prediction energy of each model with the evaluate block's protocol (models interleaved)."""
+    if cfg.steady_allocator:
+        steady_allocator()
     with inference_threads(cfg.num_threads):
         return measure_rounds(models, x, cfg.batch_size, cfg.energy_min_duration_s, cfg.energy_rounds, meter)
 
@@ -164,7 +169,7 @@ def measure_inference(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_clas
     passes over x at ``cfg.batch_size`` lasting at least ``cfg.energy_min_duration_s``."""
     y_pred, cm, acc, f1, latency = quality(model, x, y, num_classes, cfg)
     rounds = energy_rounds({"model": model}, x, cfg, meter)["model"]
-    return InferenceMeasurement(y_pred, cm, acc, f1, latency, rounds, measured_threads(cfg))
+    return InferenceMeasurement(y_pred, cm, acc, f1, latency, rounds, measured_threads(cfg), allocator_setting())
 
 
 def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
@@ -182,10 +187,10 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
     with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:
         run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
         result = measure_inference(model, x, y, spec.num_classes, params.evaluate, meter)
-        run.set_tags({"energy_method": meter.method})
+        run.set_tags({"energy_method": meter.method, "inference_allocator": result.allocator})
         cm, acc, f1, energy = result.cm, result.acc, result.f1, result.energy
         metrics = result.metrics()
-        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items() if k != "energy_method"})
+        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items() if not isinstance(v, str)})
         run.log_metrics(energy.metrics("energy"))
         # The training run gets its test figures too, so one row of the MLflow table holds test
         # accuracy next to training energy, sortable by either.
