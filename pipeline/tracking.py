@@ -10,6 +10,7 @@ no run is left RUNNING.
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import subprocess
@@ -21,6 +22,8 @@ from typing import Any, Iterator
 
 from pipeline import paths
 from pipeline.config import TrackingCfg
+
+log = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: skip its DNS lookup
 
@@ -112,15 +115,26 @@ class Run:
     def has_params(self) -> bool:
         return bool(self._client.get_run(self.run_id).data.params)
 
-    def log_metrics_to(self, run_id: str, metrics: dict[str, float]) -> None:
+    def log_metrics_to(self, run_id: str, metrics: dict[str, float]) -> bool:
         """Add metrics to another (finished) run of the same store, e.g. test figures to the
-        training run they evaluate."""
+        training run they evaluate. False, with a warning, when that run is not in this store
+        (a model restored from DVC's cache after the store was deleted, or trained elsewhere)."""
         from mlflow.entities import Metric
+        from mlflow.exceptions import MlflowException
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None]
-        if items:
+        if not items:
+            return True
+        try:
             self._client.log_batch(run_id, metrics=items)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("run %s is not in this MLflow store (model restored from DVC's cache, or trained "
+                        "with another store): its test figures are logged on this run only", run_id)
+            return False
+        return True
 
     def _ensure_worker(self) -> None:
         if self._worker is None:

@@ -99,3 +99,19 @@ def test_macro_f1_on_a_known_confusion_matrix():
     # per-class F1: 1/2, 4/5, 0
     assert macro_f1(cm) == pytest.approx((0.5 + 0.8 + 0) / 3)
     assert macro_f1(cm) == pytest.approx(f1_score(y, p, average="macro"))
+
+
+def test_evaluate_works_when_the_training_run_is_not_in_the_store(tiny_params, prepared, meter, caplog):
+    """A model restored from DVC's cache after mlruns/ was deleted points at a run the store no
+    longer holds: evaluation still runs and logs its figures on its own run."""
+    params = tiny_params()
+    train_family(params, "mlp", meter, prepared)
+    run_json = paths.model_dir("mlp", "baseline") / "run.json"
+    info = json.loads(run_json.read_text())
+    info["run_id"] = "0" * 32
+    run_json.write_text(json.dumps(info))
+    e = evaluate_family(params, "mlp", meter=meter)
+    assert e["test_acc"] > 0 and json.loads(paths.evaluate_metrics("mlp").read_text())["test_acc"] == e["test_acc"]
+    assert "is not in this MLflow store" in caplog.text
+    (ev,) = _runs(params, "evaluate")
+    assert ev.info.status == "FINISHED" and ev.data.tags["source_run_id"] == "0" * 32
