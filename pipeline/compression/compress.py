@@ -318,11 +318,15 @@ def _variant_metrics(m: InferenceMeasurement, ref: dict, ref_m: InferenceMeasure
     e_var, e_ref = out.get("energy_per_1k_j"), ref.get("energy_per_1k_j")
     if e_var is not None and e_ref:
         out.update(ratio_summary(paired_ratios(m.rounds.per_1k_j(), ref_m.rounds.per_1k_j())))
-        saved_per_prediction = (e_ref - e_var) / 1000
-        if cost.energy_j is not None and saved_per_prediction > 0:
-            out["payback_predictions"] = cost.energy_j / saved_per_prediction
-        else:
+        # what a prediction saves, by the paired ratio (the pooled energies carry the drift)
+        ratio = out.get("energy_ratio", e_var / e_ref)
+        saved_per_prediction = e_ref * (1 - ratio) / 1000
+        if saved_per_prediction <= 0:
             out["payback"] = "never: no inference energy saved"
+        elif out.get("energy_ratio_q3", ratio) >= 1:
+            out["payback"] = "never: no saving beyond the noise (upper quartile of the energy ratio >= 1)"
+        elif cost.energy_j is not None:
+            out["payback_predictions"] = cost.energy_j / saved_per_prediction
     return out
 
 
