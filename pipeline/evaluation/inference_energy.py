@@ -1,6 +1,6 @@
 """Energy of predictions, measured so that models can be compared on a shared, noisy machine.
 
-Two things make a single timed window a poor reading for models that take 0.1-2 ms per batch:
+Three things make a single timed window a poor reading for models that take 0.1-2 ms per batch:
 
 * **Threads.** Torch's intra-op threads wait on each other after every small kernel; on a 2-core
   machine that synchronisation costs more CPU than the kernels save, and it stalls whenever the
