@@ -36,7 +36,8 @@ from pipeline.compression.quantize import quantize_dynamic, quantize_static, set
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.evaluate import InferenceMeasurement, energy_rounds, load_trained, measured_threads, quality
+from pipeline.evaluation.evaluate import (InferenceMeasurement, Quality, energy_rounds, load_trained, measured_threads,
+                                         quality)
 from pipeline.evaluation.inference_energy import RoundReadings, allocator_setting, paired_ratios, ratio_summary
 from pipeline.models.factory import ModelSpec
 from pipeline.tracking import Run, base_tags, client_for, tracked_run
@@ -267,7 +268,7 @@ def plan_variants(ctx: Context) -> tuple[list[Plan], dict[str, str]]:
 REFERENCE = "original"  # the source model's key among the models measured together
 
 
-def _quality(ctx: Context, model: nn.Module) -> tuple:
+def _quality(ctx: Context, model: nn.Module) -> Quality:
     x, _ = ctx.tensors("test")
     return quality(model, x, ctx.prepared.arrays["y_test"], ctx.spec.num_classes, ctx.params.evaluate)
 
@@ -413,7 +414,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
             measured = _quality(ctx, model)
             _log_work(run, ctx, plan, cost, built, variant_dir)
         done.append((plan, run.run_id, model, measured, cost, sizes, built))
-        print(f"[{family}/{source}] {plan.name}: test/acc {measured[2]:.4f}, "
+        print(f"[{family}/{source}] {plan.name}: test/acc {measured.acc:.4f}, "
               f"compression {cost.energy_j if cost.energy_j is not None else float('nan'):.2f} J", flush=True)
 
     rounds = _measure_energy(ctx, {REFERENCE: teacher, **{d[0].name: d[2] for d in done}}, meter)

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -140,14 +141,23 @@ class InferenceMeasurement:
         return metrics
 
 
-def quality(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: EvaluateCfg
-            ) -> tuple[np.ndarray, np.ndarray, float, float, float]:
-    """(predictions, confusion matrix, accuracy, macro-F1, median latency per sample in s) on (x, y)."""
+class Quality(NamedTuple):
+    """A model's test-split quality and latency: the leading fields of ``InferenceMeasurement``."""
+
+    y_pred: np.ndarray
+    cm: np.ndarray
+    acc: float
+    f1: float
+    latency_s: float  # median single-sample prediction time
+
+
+def quality(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: EvaluateCfg) -> Quality:
+    """Predictions, confusion matrix, accuracy, macro-F1 and latency per sample on (x, y)."""
     with inference_threads(cfg.num_threads):
         y_pred = predict(model, x, cfg.batch_size).numpy()
         latency = latency_per_sample_s(model, x, cfg.latency_samples)
     cm = confusion(y, y_pred, num_classes)
-    return y_pred, cm, float((y_pred == y).mean()), macro_f1(cm), latency
+    return Quality(y_pred, cm, float((y_pred == y).mean()), macro_f1(cm), latency)
 
 
 def energy_rounds(models: dict[str, nn.Module], x: torch.Tensor, cfg: EvaluateCfg, meter: EnergyMeter
@@ -167,9 +177,9 @@ def measure_inference(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_clas
                       meter: EnergyMeter) -> InferenceMeasurement:
     """Accuracy and macro-F1 on (x, y); latency per sample (batch of one); energy of repeated
     passes over x at ``cfg.batch_size`` lasting at least ``cfg.energy_min_duration_s``."""
-    y_pred, cm, acc, f1, latency = quality(model, x, y, num_classes, cfg)
+    q = quality(model, x, y, num_classes, cfg)
     rounds = energy_rounds({"model": model}, x, cfg, meter)["model"]
-    return InferenceMeasurement(y_pred, cm, acc, f1, latency, rounds, measured_threads(cfg), allocator_setting())
+    return InferenceMeasurement(*q, rounds, measured_threads(cfg), allocator_setting())
 
 
 def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
