@@ -4,7 +4,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install pipeline test test-fast test-browser compare ui bench bench-compare
+.PHONY: install pipeline test test-fast test-browser lint compare ui bench bench-compare
 
 install:
 	bash scripts/install.sh
@@ -13,15 +13,21 @@ install:
 pipeline: install
 	dvc repro
 
-## Install, then run every test except the opt-in browser ones (CI runs this).
+## Install, lint (ruff), then run the whole suite: slow and browser tests included (CI runs this).
+## The browser tests drive the system Chromium (install sets it up as root or with sudo) and fail without it.
 test: install
-	python -m pytest -m "not browser"
+	ruff check .
+	python -m pytest -m ""
 
-## Quick loop while developing: skips the slow end-to-end tests.
+## Quick loop while developing: skips the slow and the browser tests (pyproject's default markers).
 test-fast: install
 	python -m pytest
 
-## Opt-in: headless Chromium renders the MLflow UI and the report offline (needs: apt-get install chromium).
+## Only the linter (part of `make test`).
+lint: install
+	ruff check .
+
+## Only the browser tests: headless Chromium renders the MLflow UI and the report offline.
 test-browser: install
 	python -m pytest -m browser
 

@@ -41,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import paths  # noqa: E402
-from pipeline.config import FAMILIES, load_params  # noqa: E402
+from pipeline.config import load_params  # noqa: E402
 from pipeline.evaluation.inference_energy import paired_ratios, ratio_summary  # noqa: E402
+from pipeline.models.family import families as registered_families  # noqa: E402
 
 TOLERANCE = 0.01  # one accuracy point
 TARGET_RATIO, TARGET_FAMILIES = 0.5, 2
@@ -203,9 +204,9 @@ def main(argv=None) -> int:
     params = load_params(args.params, profiles)
     source = args.source or params.compress.sources[0]
     families = args.families.split(",") if args.families else list(params.families)
-    unknown = sorted(set(families) - set(FAMILIES))
+    unknown = sorted(set(families) - set(registered_families()))
     if unknown:
-        ap.error(f"--families: unknown {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+        ap.error(f"--families: unknown {', '.join(unknown)} (known: {', '.join(registered_families())})")
     if args.rounds < 1 or args.seconds <= 0 or (args.threads is not None and args.threads < 0):
         ap.error("--rounds must be >= 1, --seconds > 0 and --threads >= 0")
     evaluate = {"energy_rounds": args.rounds, "energy_min_duration_s": args.seconds}

@@ -106,8 +106,9 @@ def main() -> None:
                 sampler, pruner = optuna.samplers.RandomSampler(seed=p.base.seed), optuna.pruners.NopPruner()
             else:
                 sampler, pruner = st.make_sampler(p), st.make_pruner(p)
+            warm_start = name == "configured" and s.enqueue_baseline
             joules, n, reached = energy_to_target(p, args.family, prepared, meter, sampler, pruner,
-                                                  args.target, args.max_trials, warm_start=name == "configured" and s.enqueue_baseline)
+                                                  args.target, args.max_trials, warm_start=warm_start)
             results[name].append(joules)
             print(f"seed {seed} {name:26} {joules:8.1f} J over {n:2d} trials"
                   f"{'' if reached else '  (target not reached: energy of all trials)'}", flush=True)

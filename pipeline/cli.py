@@ -11,16 +11,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.config import FAMILIES, ParamsError, load_params
+from pipeline.config import ParamsError, load_params
+from pipeline.models.family import families
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+# Not the list itself: listing the registered families loads them (and torch), and --help answers at once.
+FAMILY_HELP = "a registered model family (the built-ins are those of params.yaml's families)"
 
 
 def _family(value: str) -> str:
-    if value not in FAMILIES:
-        raise argparse.ArgumentTypeError(f"unknown family {value!r}; choose from {', '.join(FAMILIES)}")
+    if value not in families():
+        raise argparse.ArgumentTypeError(f"unknown family {value!r}; choose from {', '.join(families())}")
     return value
 
 
@@ -107,18 +110,13 @@ def cmd_sweep(args) -> int:
 
 def cmd_compare(args) -> int:
     """``compare`` and the ``report`` stage (the same code, the same default scope)."""
-    import gc
+    from pipeline.reporting.store import gc_paused
 
     # The command allocates about a million small objects (MLflow's ORM rows, matplotlib
     # artists) and frees them when it ends: the cyclic collector's passes took a quarter of its
     # CPU time over 1,000 runs and reclaimed nothing that matters.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _compare(args)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _compare(args) -> int:
@@ -158,30 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=Path, action="append", default=[], metavar="FILE",
                    help="partial params file merged on top (repeatable), e.g. profiles/search-large.yaml")
     sub = p.add_subparsers(dest="command", required=True, metavar="<stage>")
-    sub.add_parser("prepare", help="build the dataset, split it, write data/prepared/ and its card").set_defaults(func=cmd_prepare)
+    prep = sub.add_parser("prepare", help="build the dataset, split it, write data/prepared/ and its card")
+    prep.set_defaults(func=cmd_prepare)
     for name, func, text in (
         ("train", cmd_train, "train one model family (Lightning), measured and tracked"),
         ("tune", cmd_tune, "Optuna search for one family (every trial measured), then refit the chosen trial"),
         ("evaluate", cmd_evaluate, "evaluate one trained family on the held-out test split"),
     ):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
+        sp.add_argument("--family", required=True, type=_family, help=FAMILY_HELP)
         if name == "evaluate":
             sp.add_argument("--variant", default="baseline", choices=["baseline", "tuned"],
                             help="the train stage's model (baseline) or the search's (tuned)")
         sp.set_defaults(func=func)
     sp = sub.add_parser("compress", help="int8 quantization, pruning and distillation variants of one family's "
                         "trained model(s), each measured like evaluate and tracked")
-    sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
+    sp.add_argument("--family", required=True, type=_family, help=FAMILY_HELP)
     sp.add_argument("--source", default=None, choices=["baseline", "tuned"],
                     help="the model to compress (default: every one in compress.sources)")
     sp.set_defaults(func=cmd_compress)
     sp = sub.add_parser("sweep", help="one point of a family's model-size sweep: train with width and depth "
                         "multiplied, then test (the sweep stage's matrix runs every point of params.yaml's sweep)")
-    sp.add_argument("--family", required=True, type=_family, help=f"one of: {', '.join(FAMILIES)}")
-    sp.add_argument("--width", default="1", help="width factor (mlp width, cnn channels, rnn hidden_size, "
-                    "transformer d_model), e.g. 0.5 or 2")
-    sp.add_argument("--depth", default="1", help="depth factor (layers), e.g. 1 or 2")
+    sp.add_argument("--family", required=True, type=_family, help=FAMILY_HELP)
+    sp.add_argument("--width", default="1", help="width factor (multiplies the parameter the family names as its "
+                    "width), e.g. 0.5 or 2")
+    sp.add_argument("--depth", default="1", help="depth factor (multiplies the parameter the family names as its "
+                    "depth), e.g. 1 or 2")
     sp.set_defaults(func=cmd_sweep)
     for name, text in (
         ("compare", "compare models across families, searches, DVC experiments and commits (reads MLflow, "
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MLflow experiment to read (repeatable; default: tracking.experiment_name)")
         sp.add_argument("--all-experiments", action="store_true", help="read every MLflow experiment of the store")
         sp.add_argument("--family", action="append", default=[], type=_family, metavar="F",
-                        help=f"only this family (repeatable): {', '.join(FAMILIES)}")
+                        help="only this model family (repeatable)")
         sp.add_argument("--stage", action="append", default=[], metavar="S",
                         help="only models made by this stage (repeatable): train, tune, sweep, compress")
         sp.add_argument("--commit", action="append", default=[], metavar="SHA",
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pipeline import interrupts
 
-    interrupts.install()  # SIGTERM ends runs like Ctrl-C: KILLED in MLflow, exit 130
+    interrupts.install(forget=False)  # SIGTERM ends runs like Ctrl-C: KILLED in MLflow, exit 130
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     created = [p for p in _outputs(args) if not p.exists()]
     code = EXIT_FAILED
@@ -261,8 +261,12 @@ def _remove(created: list[Path]) -> None:
 
 
 def _run(args) -> int:
+    from pipeline import interrupts
+
     try:
-        return args.func(args)
+        code = args.func(args)
+        interrupts.check()  # a signal during the command's last steps: its outputs are not kept
+        return code
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,18 +2,33 @@
 
 Every error names the key path (``train.lr``) and what was expected, so a user can fix the file
 without reading code. YAML is read with the safe loader only.
+
+The defaults below are the values params.yaml ships (a key deleted from it falls back to the
+documented value). What belongs to a model family (``models.<family>``, ``tune.space.<family>``,
+``compress.distill.student.<family>``) is validated against that family's own declaration in the
+family registry (``pipeline.models.family``): its typed params, default space and student.
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-FAMILIES = ("mlp", "cnn", "rnn", "transformer")
-Family = Literal["mlp", "cnn", "rnn", "transformer"]
+from pipeline.models.family import NOT_SCALABLE, Family, families, get_family
 
 
 class ParamsError(ValueError):
@@ -23,6 +38,56 @@ class ParamsError(ValueError):
 class _Strict(BaseModel):
     # Misspelt keys are errors, not silently ignored defaults.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _registered(name: str) -> str:
+    get_family(name)  # raises naming the known families
+    return name
+
+
+# The name of a registered model family.
+FamilyName = Annotated[str, AfterValidator(_registered)]
+
+
+class _PerFamily(RootModel[dict[str, Any]]):
+    """A params block with one entry per registered family (the family's default where the block
+    has none) besides the fixed entries ``_fixed``; any other key is an error listing the known
+    ones. Each entry is validated by a model built from the registry, so its errors keep their
+    key path (``models.<family>.<key>``)."""
+
+    model_config = ConfigDict(frozen=True)
+    # Entries that are not families: name -> (type, Field with its default).
+    _fixed: ClassVar[dict[str, tuple[Any, Any]]] = {}
+
+    @classmethod
+    def _entry(cls, family: Family) -> tuple[Any, Any]:
+        """(type, Field with its default) of a family's entry."""
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _by_family(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            raise ValueError(f"must be a mapping with one entry per model family, got {type(raw).__name__}")
+        known = [*cls._fixed, *families()]
+        for key in raw:
+            if key not in known:
+                raise ValueError(f"@{key}: unknown model family; known keys: {', '.join(known)}")
+        return dict(_schema(cls, tuple((name, get_family(name)) for name in families())).model_validate(raw))
+
+    def for_family(self, family: str) -> Any:
+        return self.root[family]
+
+
+class _ValidatedDefaults(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+@functools.cache
+def _schema(block: type[_PerFamily], registered: tuple[tuple[str, Family], ...]) -> type[BaseModel]:
+    """The strict model of ``block`` for the families registered now."""
+    fields = {**block._fixed, **{name: block._entry(family) for name, family in registered}}
+    return create_model(block.__name__, __base__=_ValidatedDefaults, **fields)
 
 
 class BaseCfg(_Strict):
@@ -55,7 +120,7 @@ class DataCfg(_Strict):
     npz: NpzCfg = NpzCfg()
 
     @model_validator(mode="after")
-    def _check(self) -> "DataCfg":
+    def _check(self) -> DataCfg:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction must leave at least 10% for training, "
@@ -66,70 +131,28 @@ class DataCfg(_Strict):
         return self
 
 
-class MLPCfg(_Strict):
-    width: int = Field(256, ge=1)
-    depth: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
+class ModelsCfg(_PerFamily):
+    """``models.<family>``: each family's typed hyperparameters (its ``Params``)."""
 
-
-class CNNCfg(_Strict):
-    channels: int = Field(32, ge=1)
-    depth: int = Field(3, ge=1)
-    kernel_size: int = Field(5, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-
-class RNNCfg(_Strict):
-    cell: Literal["gru", "lstm"] = "gru"
-    hidden_size: int = Field(64, ge=1)
-    num_layers: int = Field(1, ge=1)
-    bidirectional: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-
-class TransformerCfg(_Strict):
-    d_model: int = Field(64, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_layers: int = Field(2, ge=1)
-    ff_mult: int = Field(2, ge=1)
-    # Consecutive time steps (or image rows) grouped into one token.
-    patch_size: int = Field(1, ge=1)
-    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
-    dropout: float = Field(0.1, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> "TransformerCfg":
-        if self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
-            )
-        return self
-
-
-class ModelsCfg(_Strict):
-    mlp: MLPCfg = MLPCfg()
-    cnn: CNNCfg = CNNCfg()
-    rnn: RNNCfg = RNNCfg()
-    transformer: TransformerCfg = TransformerCfg()
-
-    def for_family(self, family: str) -> BaseModel:
-        return getattr(self, family)
+    @classmethod
+    def _entry(cls, family: Family) -> tuple[Any, Any]:
+        return family.Params, Field(default_factory=family.Params)
 
 
 class TrainCfg(_Strict):
     optimizer: Literal["sgd", "sgd_momentum", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(0.003, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(64, ge=1)
-    max_epochs: int = Field(20, ge=1)
+    max_epochs: int = Field(30, ge=1)
     # Stop when val/acc has not improved for this many epochs; 0 turns early stopping off.
-    early_stopping_patience: int = Field(5, ge=0)
+    early_stopping_patience: int = Field(8, ge=0)
     # Energy and time to first reach this validation accuracy are logged (absent if never reached).
     target_val_acc: float = Field(0.8, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _finite(self) -> "TrainCfg":
+    def _finite(self) -> TrainCfg:
         if not math.isfinite(self.lr):
             raise ValueError("lr must be a finite number")
         return self
@@ -173,7 +196,7 @@ class Range(_Strict):
     log: bool = False
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ValueError("bounds must be finite numbers")
         if self.low >= self.high:
@@ -190,14 +213,10 @@ class Range(_Strict):
 # A dimension of the search space: a range, or a non-empty list of choices.
 Dimension = Range | list[int | float | str | bool]
 
-_DEFAULT_SPACES: dict[str, dict] = {
-    "train": {"lr": {"low": 3e-4, "high": 1e-2, "log": True}, "optimizer": ["adam", "adamw"],
-              "batch_size": [32, 64, 128]},
-    "mlp": {"width": [128, 256, 512], "depth": {"low": 1, "high": 3}},
-    "cnn": {"channels": [16, 32, 64], "depth": {"low": 2, "high": 4}},
-    "rnn": {"hidden_size": [32, 64, 96]},
-    "transformer": {"d_model": [32, 64], "num_layers": {"low": 1, "high": 2}, "patch_size": [2, 4, 5]},
-}
+_TRAIN_SPACE: dict[str, Any] = {"lr": {"low": 3e-4, "high": 1e-2, "log": True}, "optimizer": ["adam", "adamw"],
+                                 "batch_size": [32, 64, 128]}
+# Training parameters a search may not choose: the search sets the epochs, the target is a measure.
+_NOT_SEARCHED = ("max_epochs", "target_val_acc")
 
 
 class SearchCfg(_Strict):
@@ -208,7 +227,7 @@ class SearchCfg(_Strict):
     n_trials: int = Field(4, ge=1)
     timeout_s: float | None = Field(None, gt=0)
     # Stop the study once its trials together (pruned and failed included) used this much energy.
-    energy_budget_kwh: float | None = Field(None, gt=0)
+    energy_budget_kwh: float | None = Field(0.0005, gt=0)
     max_epochs: int = Field(4, ge=1)
     n_workers: int = Field(1, ge=1, le=64)
     sampler: Literal["tpe", "random"] = "tpe"
@@ -229,23 +248,30 @@ class SearchCfg(_Strict):
     storage: str = ""
 
 
-class SpaceCfg(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+class SpaceCfg(_PerFamily):
+    """``tune.space``: ``train`` (the training parameters) and one space per family (its
+    ``search_space()`` by default). A dimension is a list of choices or a range."""
 
-    train: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["train"]))
-    mlp: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["mlp"]))
-    cnn: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["cnn"]))
-    rnn: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["rnn"]))
-    transformer: dict[str, Dimension] = Field(default_factory=lambda: dict(_DEFAULT_SPACES["transformer"]))
+    _fixed: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "train": (dict[str, Dimension], Field(default_factory=lambda: dict(_TRAIN_SPACE)))}
+
+    @classmethod
+    def _entry(cls, family: Family) -> tuple[Any, Any]:
+        return dict[str, Dimension], Field(default_factory=family.search_space)
+
+    @property
+    def train(self) -> dict[str, Dimension]:
+        return self.root["train"]
 
     @model_validator(mode="after")
-    def _keys_exist(self) -> "SpaceCfg":
-        targets = {"train": TrainCfg, "mlp": MLPCfg, "cnn": CNNCfg, "rnn": RNNCfg, "transformer": TransformerCfg}
-        for section, cfg_cls in targets.items():
-            for key, dim in getattr(self, section).items():
-                if key not in cfg_cls.model_fields or key in ("max_epochs", "target_val_acc"):
+    def _keys_exist(self) -> SpaceCfg:
+        for section, dims in self.root.items():
+            cfg_cls = TrainCfg if section == "train" else get_family(section).Params
+            searchable = sorted(k for k in cfg_cls.model_fields if section != "train" or k not in _NOT_SEARCHED)
+            for key, dim in dims.items():
+                if key not in searchable:
                     raise ValueError(f"@{section}.{key}: not a searchable parameter of {section}; "
-                                     f"choose from {sorted(k for k in cfg_cls.model_fields if k not in ('max_epochs', 'target_val_acc'))}")
+                                     f"choose from {searchable}")
                 if isinstance(dim, list) and not dim:
                     raise ValueError(f"@{section}.{key}: empty list of choices")
                 # Every value the sampler may pick must be a valid value of that parameter.
@@ -258,13 +284,10 @@ class SpaceCfg(_Strict):
                                          f"({err.errors()[0]['msg']})") from None
         return self
 
-    def for_family(self, family: str) -> dict[str, Dimension]:
-        return getattr(self, family)
-
 
 class TuneCfg(_Strict):
     search: SearchCfg = SearchCfg()
-    space: SpaceCfg = SpaceCfg()
+    space: SpaceCfg = Field(default_factory=lambda: SpaceCfg.model_validate({}))
 
 
 def _no_repeats(name: str, values: list) -> None:
@@ -288,7 +311,8 @@ class QuantizeCfg(_Strict):
 
     ``dynamic``: int8 weights of Linear and GRU/LSTM layers, activations quantized per batch at
     run time; every family. ``static``: int8 weights and activations, scales calibrated on
-    training batches; the families whose layers all have eager int8 CPU kernels (mlp, cnn).
+    training batches; the families whose layers all have eager int8 CPU kernels (each family
+    says whether it has, or why not).
     """
 
     modes: list[Literal["dynamic", "static"]] = Field(default_factory=lambda: ["dynamic", "static"])
@@ -316,23 +340,22 @@ class PruneCfg(_Strict):
     _unique = field_validator("kinds", "sparsity")(_unique_list)
 
 
-MODEL_CFGS = {"mlp": MLPCfg, "cnn": CNNCfg, "rnn": RNNCfg, "transformer": TransformerCfg}
 Override = dict[str, int | float | str | bool]
 
 
-class StudentCfg(_Strict):
+class StudentCfg(_PerFamily):
     """Per student family: hyperparameters that override the teacher's (student of the teacher's
-    family) or that family's defaults (student of another family)."""
+    family) or that family's defaults (student of another family); each family's
+    ``student_overrides()`` by default."""
 
-    mlp: Override = Field(default_factory=lambda: {"width": 64})
-    cnn: Override = Field(default_factory=lambda: {"channels": 16})
-    rnn: Override = Field(default_factory=lambda: {"hidden_size": 32})
-    transformer: Override = Field(default_factory=lambda: {"d_model": 32, "num_layers": 1})
+    @classmethod
+    def _entry(cls, family: Family) -> tuple[Any, Any]:
+        return Override, Field(default_factory=family.student_overrides)
 
     @model_validator(mode="after")
-    def _known_keys(self) -> "StudentCfg":
-        for family, cfg_cls in MODEL_CFGS.items():
-            over = getattr(self, family)
+    def _known_keys(self) -> StudentCfg:
+        for family, over in self.root.items():
+            cfg_cls = get_family(family).Params
             for key in over:
                 if key not in cfg_cls.model_fields:
                     raise ValueError(f"{family}.{key}: not a parameter of models.{family}; "
@@ -346,7 +369,13 @@ class StudentCfg(_Strict):
         return self
 
     def for_family(self, family: str) -> dict:
-        return dict(getattr(self, family))
+        return dict(self.root[family])
+
+
+def _student_family(name: str) -> str:
+    if name != "same" and name not in families():
+        raise ValueError(f"{name!r} is neither 'same' (the teacher's family) nor a model family ({', '.join(families())})")
+    return name
 
 
 class DistillCfg(_Strict):
@@ -354,8 +383,9 @@ class DistillCfg(_Strict):
     (loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy), next to the
     same student trained from labels alone with the same seed and budget."""
 
-    student_family: Literal["same", "mlp", "cnn", "rnn", "transformer"] = "same"
-    student: StudentCfg = StudentCfg()
+    # "same": the teacher's family; else the name of another family.
+    student_family: Annotated[str, AfterValidator(_student_family)] = "same"
+    student: StudentCfg = Field(default_factory=lambda: StudentCfg.model_validate({}))
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1)
     epochs: int = Field(10, ge=1)
@@ -371,7 +401,7 @@ class CompressCfg(_Strict):
         default_factory=lambda: ["quantize", "prune", "distill"])
     quantize: QuantizeCfg = QuantizeCfg()
     prune: PruneCfg = PruneCfg()
-    distill: DistillCfg = DistillCfg()
+    distill: DistillCfg = Field(default_factory=DistillCfg)
     # Mini-batches of the pruning fine-tune and of distillation (optimizer: Adam).
     batch_size: int = Field(64, ge=1)
 
@@ -380,40 +410,44 @@ class CompressCfg(_Strict):
 
 class SweepCfg(_Strict):
     """The model-size sweep: the ``sweep`` stage is a DVC matrix over ``families`` x ``widths`` x
-    ``depths``. Each point trains the family's model (``models.<family>``) with its width (mlp
-    width, cnn channels, rnn hidden_size, transformer d_model) and depth (mlp/cnn depth, rnn and
-    transformer num_layers) multiplied by the point's factors, with the baseline's training budget,
-    then tests it. Factor 1 is the baseline's size: the train stage has it already."""
+    ``depths``. Each point trains the family's model (``models.<family>``) with its width and
+    depth multiplied by the point's factors (the family's ``scale``: which parameters those are is
+    the family's to say), with the baseline's training budget, then tests it. Factor 1 is the
+    baseline's size: the train stage has it already."""
 
     # At least one point: the report stage depends on metrics/sweep (drop both from dvc.yaml to
-    # run without a sweep).
-    families: list[Family] = Field(default_factory=lambda: ["mlp", "cnn"], min_length=1)
+    # run without a sweep). The default: the first two registered families.
+    families: list[FamilyName] = Field(default_factory=lambda: list(families()[:2]), min_length=1)
     widths: list[Annotated[float, Field(gt=0, le=64)]] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
     depths: list[Annotated[float, Field(gt=0, le=16)]] = Field(default_factory=lambda: [1.0], min_length=1)
 
     @model_validator(mode="after")
-    def _unique(self) -> "SweepCfg":
+    def _unique(self) -> SweepCfg:
         _no_repeats("families", self.families)
         _no_repeats("widths", self.widths)
         _no_repeats("depths", self.depths)
+        for i, name in enumerate(self.families):
+            family = get_family(name)
+            if family.scale(family.Params(), 1.0, 1.0) is None:
+                raise ValueError(f"@families.{i}: family {name!r} cannot be swept: {NOT_SCALABLE}")
         return self
 
 
 class Params(_Strict):
-    families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
+    families: list[FamilyName] = Field(default_factory=lambda: list(families()), min_length=1)
     base: BaseCfg = BaseCfg()
     data: DataCfg = DataCfg()
-    models: ModelsCfg = ModelsCfg()
+    models: ModelsCfg = Field(default_factory=lambda: ModelsCfg.model_validate({}))
     train: TrainCfg = TrainCfg()
     energy: EnergyCfg = EnergyCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     tracking: TrackingCfg = TrackingCfg()
-    tune: TuneCfg = TuneCfg()
-    compress: CompressCfg = CompressCfg()
-    sweep: SweepCfg = SweepCfg()
+    tune: TuneCfg = Field(default_factory=TuneCfg)
+    compress: CompressCfg = Field(default_factory=CompressCfg)
+    sweep: SweepCfg = Field(default_factory=SweepCfg)
 
     @model_validator(mode="after")
-    def _unique_families(self) -> "Params":
+    def _unique_families(self) -> Params:
         if len(set(self.families)) != len(self.families):
             raise ValueError(f"families must not repeat a family, got {self.families}")
         for family in self.families:

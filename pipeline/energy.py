@@ -17,11 +17,12 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator
 
 from pipeline.config import EnergyCfg
+from pipeline.private_api import cpu_power_mode
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class EnergyReading:
             return None
         return self.energy_j / self.duration_s
 
-    def __add__(self, other: "EnergyReading") -> "EnergyReading":
+    def __add__(self, other: EnergyReading) -> EnergyReading:
         def add(a, b):
             return None if a is None or b is None else a + b
 
@@ -90,17 +91,11 @@ class EnergyReading:
 
 
 def describe_method(tracker) -> tuple[str, str]:
-    """(overall method, CPU method) from the hardware CodeCarbon chose.
-
-    CodeCarbon's EmissionsData has no such field; the CPU object's ``_mode`` names what it used.
-    """
-    cpu_mode, gpu = UNAVAILABLE, False
-    for hw in getattr(tracker, "_hardware", []):
-        kind = type(hw).__name__
-        if kind == "CPU":
-            cpu_mode = getattr(hw, "_mode", UNAVAILABLE)
-        elif kind == "GPU":
-            gpu = True
+    """(overall method, CPU method) from the hardware CodeCarbon chose: the GPUs it tracks from its
+    public ``get_detected_hardware()``; the CPU's method has no public field (see
+    ``private_api.cpu_power_mode``)."""
+    cpu_mode = cpu_power_mode(tracker) or UNAVAILABLE
+    gpu = bool(tracker.get_detected_hardware().get("gpu_count"))
     cpu_method = {
         "intel_rapl": "rapl",
         "intel_power_gadget": "intel_power_gadget",
@@ -172,7 +167,7 @@ class EnergyMeter:
         finally:
             self._ready.set()
 
-    def prewarm(self) -> "EnergyMeter":
+    def prewarm(self) -> EnergyMeter:
         """Start probing the hardware on a background thread; returns self."""
         with self._lock:
             if not self._started:
@@ -221,7 +216,7 @@ class EnergyMeter:
         )
 
     @contextmanager
-    def measure(self) -> Iterator["Measurement"]:
+    def measure(self) -> Iterator[Measurement]:
         """Measure the enclosed block; the Measurement's ``total`` holds the reading after it."""
         m = Measurement(self)
         try:

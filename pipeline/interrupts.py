@@ -1,49 +1,82 @@
-"""Ctrl-C and SIGTERM as one exception, so every layer ends its work the same way.
+"""Ctrl-C and SIGTERM as a request to stop, honoured at safe points.
 
-Both become :class:`Interrupted` (a ``KeyboardInterrupt``): MLflow runs end KILLED with the energy
-measured so far, Optuna marks the running trial failed and stops, the CLI exits 130. Lightning
-turns an interrupt inside ``Trainer.fit`` into ``sys.exit(1)`` (and a SIGTERM into its own
-``SIGTERMException``); :func:`reraise_interrupt` gives the interrupt back.
+The handlers only *record* the signal; :func:`check` raises :class:`Interrupted` (a
+``KeyboardInterrupt``) at points where every layer can end its work the same way: each training
+step, before each trial, between inference passes, when a tracked run ends. MLflow runs then end
+KILLED with the energy measured so far, Optuna's trial ends FAIL marked interrupted (retried and
+not counted on resume), and the CLI exits 130 leaving no half-written output.
+
+Why not raise from the handler, as Python does by default: an exception raised at an arbitrary
+bytecode lands, sooner or later, inside a library's critical section. Two such landings broke
+``dvc repro`` under Ctrl-C: inside Optuna's ``_run_trial``, between starting its (non-daemon)
+heartbeat thread and the ``try`` that stops it, the thread ran on forever and the process never
+exited after printing "interrupted"; between ``study.ask()`` and the objective's ``try``, the trial
+stayed RUNNING until the heartbeat failed it, so it was neither counted nor marked interrupted.
+Neither can happen when the exception is raised only from our own code.
+
+Lightning turns a ``KeyboardInterrupt`` inside ``Trainer.fit`` into ``sys.exit(1)`` (and a SIGTERM
+into its own ``SIGTERMException``); :func:`reraise_interrupt` gives the interrupt back.
 """
 from __future__ import annotations
 
 import signal
 import threading
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM received."""
+    """SIGINT or SIGTERM received; its message is the signal's name."""
 
 
 _received: str | None = None
+_event = threading.Event()
 
 
-def _raise(signum, frame):
+def _record(signum, frame) -> None:
     global _received
-    _received = signal.Signals(signum).name
-    raise Interrupted(_received)
+    if _received is None:
+        _received = signal.Signals(signum).name
+    _event.set()
+
+
+def received() -> str | None:
+    """The name of the first signal received since :func:`install`, or None."""
+    return _received
 
 
 def check() -> None:
-    """Raise :class:`Interrupted` if a signal came and its exception was swallowed (Python drops
-    exceptions raised while it holds an import lock); called at every training step and trial."""
+    """Raise :class:`Interrupted` if a signal was received."""
     if _received is not None:
         raise Interrupted(_received)
 
 
-def install() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread of this process."""
-    global _received
+def sleep(seconds: float) -> None:
+    """``time.sleep`` that returns early, raising :class:`Interrupted`, when a signal comes."""
+    _event.wait(seconds)
+    check()
+
+
+def _register() -> None:
     if threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, _record)
+
+
+def install(forget: bool = True) -> None:
+    """Record SIGINT and SIGTERM in this process (main thread only). ``forget``: at the start of a
+    process, drop a signal recorded earlier (a command run again in the same test process)."""
+    global _received
+    if forget:
         _received = None
-        signal.signal(signal.SIGINT, _raise)
-        signal.signal(signal.SIGTERM, _raise)
+        _event.clear()
+    _register()
 
 
 def reraise_interrupt(trainer, exit_: SystemExit) -> None:
     """Call from ``except SystemExit`` around ``trainer.fit``: an interrupted fit raises
-    :class:`Interrupted` again (with this process's handlers restored); any other exit is
-    re-raised as it was."""
+    :class:`Interrupted` again (with this process's handlers back in place of the "ignore" that
+    Lightning sets while it shuts down); any other exit is re-raised as it was."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     if isinstance(exit_, SIGTERMException):
@@ -52,5 +85,5 @@ def reraise_interrupt(trainer, exit_: SystemExit) -> None:
         name = str(exit_.__context__) or "SIGINT"  # ours carries the signal's name
     else:
         raise exit_
-    install()  # Lightning set SIGINT to "ignore" while it shut down
-    raise Interrupted(name) from exit_
+    _register()
+    raise Interrupted(_received or name) from exit_

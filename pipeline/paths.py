@@ -6,8 +6,11 @@ directory would be written there and lost.
 """
 from __future__ import annotations
 
+import json
 import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 PREPARED_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
@@ -19,6 +22,36 @@ REPORTS_DIR = Path("reports")
 def store_root() -> Path:
     """Directory that holds shared stores (``mlruns/``): the repo root DVC names, else the cwd."""
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def store_lock(url: str, name: str = ".init.lock") -> AbstractContextManager:
+    """An exclusive lock across processes (the ``filelock`` package), on the file ``name`` beside a
+    ``sqlite:///`` store, for the few moments where two pipeline processes must not race: creating
+    the SQLite stores (MLflow's and Optuna's schema migrations are not safe to run twice at once),
+    or a study's parent run. Other URLs (a server, PostgreSQL) get no lock: a no-op context."""
+    if not url.startswith("sqlite:///"):
+        return nullcontext()
+    from filelock import FileLock
+
+    lock = Path(url.removeprefix("sqlite:///")).parent / name
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(lock)
+
+
+def _json_default(value: Any) -> Any:
+    """numpy/torch scalars and arrays as numbers and lists; anything else JSON has no type for
+    (dates, paths) as text."""
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else str(value)
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """Write ``data`` as indented JSON with a final newline, creating the parent directories: the
+    one writer of the stages' metrics, cards, specs and summaries. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    return path
 
 
 def prepared_data(dataset: str) -> Path:

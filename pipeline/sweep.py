@@ -1,9 +1,10 @@
 """The ``sweep`` stage: one point of a family's model-size sweep, trained and tested.
 
 The point's model is the family's ``models.<family>`` with its width and depth multiplied by the
-point's factors; it trains with the baseline's budget (``train.*``) exactly as the train stage
-does, then is tested on the held-out split as the evaluate stage does (accuracy, macro-F1,
-latency, energy per 1,000 predictions). Its MLflow run (tags ``stage=sweep``, ``variant``,
+point's factors (the family's ``scale``: which parameters those are is the family's to say); it
+trains with the baseline's budget (``train.*``) exactly as the train stage does, then is tested
+on the held-out split as the evaluate stage does (accuracy, macro-F1, latency, energy per 1,000
+predictions). Its MLflow run (tags ``stage=sweep``, ``variant``,
 ``sweep_width``, ``sweep_depth``) carries the training metrics and the test figures together, so
 ``compare`` plots accuracy and energy against parameters and FLOPs per family.
 
@@ -16,9 +17,7 @@ import math
 from pipeline import paths
 from pipeline.config import Params, ParamsError
 from pipeline.energy import EnergyMeter
-
-WIDTH_KEY = {"mlp": "width", "cnn": "channels", "rnn": "hidden_size", "transformer": "d_model"}
-DEPTH_KEY = {"mlp": "depth", "cnn": "depth", "rnn": "num_layers", "transformer": "num_layers"}
+from pipeline.models.family import NOT_SCALABLE, get_family
 
 
 def factor(text: str, name: str) -> float:
@@ -32,18 +31,19 @@ def factor(text: str, name: str) -> float:
 
 
 def scaled_hparams(params: Params, family: str, width: float, depth: float) -> dict:
-    """``models.<family>`` with its width and depth multiplied (rounded, at least 1; a
-    transformer's d_model stays a multiple of num_heads)."""
-    cfg = params.models.for_family(family)
-    hp = cfg.model_dump()
-    w, d = WIDTH_KEY[family], DEPTH_KEY[family]
-    if family == "transformer":
-        heads = hp["num_heads"]
-        hp[w] = max(heads, round(hp[w] * width / heads) * heads)
-    else:
-        hp[w] = max(1, round(hp[w] * width))
-    hp[d] = max(1, round(hp[d] * depth))
-    return type(cfg).model_validate(hp).model_dump()
+    """``models.<family>`` with its width and depth multiplied by the factors, as the family
+    scales itself (rounded, at least 1, within its own constraints)."""
+    scaled = get_family(family).scale(params.models.for_family(family), width, depth)
+    if scaled is None:
+        raise ParamsError(f"sweep: family {family!r} cannot be swept: {NOT_SCALABLE}")
+    return scaled.model_dump()
+
+
+def size_of(family: str, hparams: dict) -> dict:
+    """The point's ``width`` and ``depth`` (the values of the family's width and depth
+    parameters), where the family names them."""
+    fam = get_family(family)
+    return {k: hparams[p] for k, p in (("width", fam.width_param), ("depth", fam.depth_param)) if p is not None}
 
 
 def sweep_point(params: Params, family: str, width: str, depth: str, meter: EnergyMeter | None = None) -> dict:
@@ -72,8 +72,7 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
         x = torch.from_numpy(prepared.arrays["x_test"]).float()
         test = measure_inference(model, x, prepared.arrays["y_test"], spec.num_classes, params.evaluate, meter).metrics()
         run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in test.items() if not isinstance(v, str)})
-        metrics = {"sweep_width": w, "sweep_depth": d,
-                   "width": hparams[WIDTH_KEY[family]], "depth": hparams[DEPTH_KEY[family]],
+        metrics = {"sweep_width": w, "sweep_depth": d, **size_of(family, hparams),
                    **{k: v for k, v in test.items() if k in ("test_acc", "test_f1_macro", "energy_per_1k_j",
                                                             "emissions_per_1k_kg", "latency_ms_per_sample")},
                    **result.metrics}

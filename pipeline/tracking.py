@@ -16,11 +16,12 @@ import queue
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from pipeline import paths
+from pipeline import interrupts, paths
 from pipeline.config import TrackingCfg
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,9 @@ def client_for(cfg: TrackingCfg):
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:"):
-        from pipeline.filelock import locked
-
-        # Creating the client creates or migrates the schema: one process at a time.
-        with locked(store_dir() / ".init.lock"):
-            return MlflowClient(tracking_uri=uri), uri
-    return MlflowClient(tracking_uri=uri), uri
+    # Creating the client creates or migrates a SQLite store's schema: one process at a time.
+    with paths.store_lock(uri):
+        return MlflowClient(tracking_uri=uri), uri
 
 
 def create_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any]) -> str:
@@ -227,6 +224,8 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
                 finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[Run]:
     """Start a run (or reopen ``run_id``); end it FINISHED, FAILED (exception) or KILLED
     (interrupt), never RUNNING. Exceptions in ``finished_on`` (a pruned trial) end it FINISHED."""
+    if run_id is None:
+        interrupts.check()  # a signal during start-up (imports, data loading): no run to start
     client, uri = client_for(cfg)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
@@ -239,8 +238,12 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
         run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         handle = Run(client, run.info.run_id)
     try:
+        interrupts.check()  # a reopened run (created RUNNING by create_run) ends KILLED, not RUNNING
         yield handle
         handle.flush()
+        # A signal during the run's last steps: the stage exits 130 and DVC keeps none of its
+        # outputs, so the run must not claim FINISHED.
+        interrupts.check()
     except finished_on:
         handle.flush()
         client.set_terminated(handle.run_id, status="FINISHED")

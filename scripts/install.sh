@@ -8,6 +8,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+# The browser tests (part of `make test`) drive the system Chromium through Playwright, which never
+# downloads a browser here. Where there is none, install Debian's (about 120 MB to fetch, 500 MB on
+# disk; ~20 s on a fast mirror) as root or through sudo; otherwise say how. It never stops the install:
+# without a browser only the browser tests fail, with the same advice.
+have_chromium() {
+  if [ -n "${CHROMIUM:-}" ]; then command -v "$CHROMIUM" >/dev/null; return; fi
+  local b
+  for b in /usr/bin/chromium chromium chromium-browser google-chrome google-chrome-stable; do
+    command -v "$b" >/dev/null && return 0
+  done
+  return 1
+}
+install_chromium() {
+  local how="sudo apt-get update && sudo apt-get install -y chromium chromium-driver"
+  local sudo
+  if [ "$(id -u)" = 0 ]; then
+    sudo=""
+  elif command -v sudo >/dev/null && { sudo -n true 2>/dev/null || [ -t 0 ]; }; then
+    sudo="sudo"  # passwordless, or a terminal to ask the password on
+  else
+    echo "install: no Chromium, which the browser tests need, and no root or sudo to install it: run" >&2
+    echo "install:   $how   (Debian/Ubuntu), or set CHROMIUM to a Chromium/Chrome binary" >&2
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "install: no Chromium, which the browser tests need, and no apt-get: install Chromium with your" >&2
+    echo "install: package manager, or set CHROMIUM to a Chromium/Chrome binary" >&2
+    return 0
+  fi
+  echo "install: Chromium for the browser tests (apt-get install chromium chromium-driver)"
+  if ! { $sudo apt-get update -q && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }; then
+    echo "install: apt-get could not install Chromium; the browser tests will fail until you run: $how" >&2
+  fi
+}
+have_chromium || install_chromium
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -84,3 +84,12 @@ def sqlite_count(db: Path, sql: str) -> int:
         return 0
     finally:
         con.close()
+
+
+@pytest.fixture
+def chromium():
+    """Headless system Chromium under Playwright (tests/browser.py); a missing browser fails the test."""
+    from .browser import launch
+
+    with launch() as browser:
+        yield browser

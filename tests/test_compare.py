@@ -1,5 +1,5 @@
-"""``compare`` / the report stage over a small hand-made MLflow store (no training), and the
-Pareto rules on hand-made points."""
+"""``compare`` / the report stage over a small hand-made MLflow store (no training); the Pareto
+rules on hand-made points are in test_pareto.py."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,6 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.reporting.compare import FilterError, Filters, parse_when, resolve_commit
-from pipeline.reporting.pareto import knee, pareto_front
 
 from .conftest import ROOT
 
@@ -21,61 +20,6 @@ DAY_MS = 86_400_000
 T0 = 1_780_000_000_000  # 2026-05-28, a fixed origin for the runs' start times
 COMMIT_A, COMMIT_B = "a" * 8 + "1" * 32, "b" * 8 + "2" * 32
 METHOD = "cpu=estimate:cpu_load*tdp;ram=estimate;gpu=none"
-
-
-# ---------------------------------------------------------------- Pareto rules on hand-made points
-
-def test_front_keeps_only_non_dominated_points_sorted_by_cost():
-    pts = [(0.90, 100.0), (0.80, 50.0), (0.85, 120.0), (0.95, 400.0), (0.70, 60.0)]
-    # (0.85, 120) is dominated by (0.90, 100); (0.70, 60) by (0.80, 50).
-    assert pareto_front(pts) == [1, 0, 3]
-
-
-def test_equal_energies_keep_only_the_most_accurate():
-    pts = [(0.80, 100.0), (0.90, 100.0), (0.85, 100.0), (0.95, 200.0)]
-    assert pareto_front(pts) == [1, 3]
-
-
-def test_equal_accuracies_keep_only_the_cheapest():
-    pts = [(0.90, 300.0), (0.90, 100.0), (0.90, 200.0), (0.80, 50.0)]
-    assert pareto_front(pts) == [3, 1]
-
-
-def test_exact_duplicates_are_all_on_or_all_off_the_front():
-    on = [(0.9, 100.0), (0.9, 100.0), (0.8, 50.0)]
-    assert pareto_front(on) == [2, 0, 1]
-    off = [(0.8, 100.0), (0.8, 100.0), (0.9, 100.0)]
-    assert pareto_front(off) == [2]
-    dominated_by_cheaper_equal = [(0.9, 50.0), (0.9, 100.0), (0.9, 100.0)]
-    assert pareto_front(dominated_by_cheaper_equal) == [0]
-
-
-def test_missing_or_not_finite_values_take_no_part():
-    pts = [(0.9, None), (None, 10.0), (0.8, float("nan")), (0.7, float("inf")), (0.6, 20.0)]
-    assert pareto_front(pts) == [4]
-    assert pareto_front([]) == [] and knee([]) is None
-
-
-def test_front_matches_the_quadratic_definition_on_random_points():
-    import random
-
-    rng = random.Random(3)
-    for _ in range(200):
-        pts = [(rng.choice([0.5, 0.6, 0.7, 0.8]), rng.choice([1.0, 2.0, 3.0, 5.0])) for _ in range(rng.randint(1, 12))]
-        brute = {i for i, (q, c) in enumerate(pts)
-                 if not any(q2 >= q and c2 <= c and (q2 > q or c2 < c) for q2, c2 in pts)}
-        assert set(pareto_front(pts)) == brute
-
-
-def test_knee_is_nearest_the_ideal_on_log_energy_with_ties_to_the_cheaper():
-    # Front: 10 J at 0.80, 100 J at 0.95, 1000 J at 0.96. Log-scaled energy puts 100 J halfway;
-    # accuracy scaled: 0, 0.9375, 1 -> the 100 J point is nearest (0.5^2 + 0.0625^2).
-    pts = [(0.80, 10.0), (0.95, 100.0), (0.96, 1000.0)]
-    assert knee(pts) == 1
-    # Two points only: both corners are equally far from the ideal -> the cheaper one.
-    assert knee([(0.9, 100.0), (0.8, 10.0)]) == 1
-    # A single point is its own knee; dominated points are never the knee.
-    assert knee([(0.9, 5.0), (0.5, 50.0)]) == 0
 
 
 # ---------------------------------------------------------------- a small store, no training
@@ -130,7 +74,8 @@ def build_store(root: Path) -> dict[str, str]:
                              "mlflow.parentRunId": ids["study"]},
                             _trained(250.0, 0.92, 16000, **{"test/energy_per_1k_j": 0.25}))
     # exp-b, day 2: an mlp baseline, a cnn sweep size, a compressed mlp variant.
-    ids["mlp_b"] = _run(client, main_exp, "train-mlp", T0 + 2 * DAY_MS, {**b, "stage": "train", "family": "mlp", "variant": "baseline"},
+    ids["mlp_b"] = _run(client, main_exp, "train-mlp", T0 + 2 * DAY_MS,
+                        {**b, "stage": "train", "family": "mlp", "variant": "baseline"},
                         _trained(120.0, 0.85, 5000, **{"test/energy_per_1k_j": 0.06}))
     ids["sweep"] = _run(client, main_exp, "sweep-cnn-w0.5-d1", T0 + 2 * DAY_MS + 1000,
                         {**b, "stage": "sweep", "family": "cnn", "variant": "sweep-w0.5-d1", "role": "sweep"},
@@ -342,22 +287,20 @@ def test_compare_command_end_to_end_in_a_fresh_process(in_store, tmp_path):
 
 
 @pytest.mark.browser
-def test_report_html_renders_its_plots_in_chromium_with_the_network_off(in_store, tmp_path):
-    from .cdp import Browser, find_browser
-
-    if find_browser() is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+def test_report_html_renders_its_plots_in_chromium_with_the_network_off(in_store, tmp_path, chromium):
     out = tmp_path / "reports"
     assert main(["compare", "--out", str(out)]) == 0
-    with Browser(offline=True, allow_local=False) as b:
-        b.open((out / "report.html").as_uri())
-        assert b.eval("navigator.onLine") is False
-        images = b.eval("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-        assert len(images) == 2 and all(done and w > 500 and h > 300 for done, w, h in images)
-        assert b.eval("document.querySelectorAll('table tbody tr').length") == 7
-        assert "cnn-tuned" in b.eval("document.body.innerText")
-        network = [u for u in b.requested_urls() if not u.startswith(("file:", "data:"))]
-        assert not network, network
+    watched = chromium.open((out / "report.html").as_uri(), offline=True)
+    page = watched.page
+    assert page.evaluate("navigator.onLine") is False
+    page.wait_for_function("document.images.length === 2 && Array.from(document.images).every(i => i.complete)",
+                           polling=250)
+    images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+    assert len(images) == 2 and all(done and w > 500 and h > 300 for done, w, h in images)
+    assert page.evaluate("document.querySelectorAll('table tbody tr').length") == 7
+    assert "cnn-tuned" in page.evaluate("document.body.innerText")
+    network = [u for u in watched.requests if not u.startswith(("file:", "data:"))]
+    assert not network and not watched.blocked, (network, watched.blocked)
 
 
 def test_workspace_runs_group_by_commit_and_are_selected_as_workspace():
@@ -387,3 +330,85 @@ def test_extra_sections_join_both_documents_and_stay_inert(in_store, tmp_path):
     md, page = written["markdown"].read_text(), written["html"].read_text()
     assert "## Compression" in md and "| int8 | 0.91 |" in md
     assert "<h2>Compression</h2>" in page and "<td>int8</td>" in page and "<script>" not in page
+
+
+# ---------------------------------------------------------------- the report's sentences come from its rows
+
+RAPL = "cpu=rapl;ram=estimate;gpu=none"
+
+
+def _rec(i, family, variant="baseline", stage="train", method=METHOD, tags=None, **metrics):
+    from pipeline.reporting.store import RunRecord
+
+    t = {"stage": stage, "family": family, "variant": variant, "energy_method": method, "git_commit": COMMIT_A,
+         **(tags or {})}
+    m = {"test/acc": 0.8 + i / 100, "energy/total_j": 10.0 * (i + 1), "test/energy_per_1k_j": 0.1 * (i + 1), **metrics}
+    return RunRecord(f"r{i}", "energy-pipeline", f"{stage}-{family}", "FINISHED", T0 + i, t, m)
+
+
+def _compare(records):
+    from pipeline.reporting.compare import compare
+
+    return compare(records, Filters(), ["energy-pipeline"], "sqlite:///x")
+
+
+def _notes(records) -> str:
+    from pipeline.reporting.render import notes
+
+    return "\n".join(notes(_compare(records)))
+
+
+def test_scope_counts_and_names_the_families_it_reports(in_store):
+    from pipeline.reporting.render import scope_text
+
+    assert "7 models of 2 families (cnn, mlp) from 11 runs" in scope_text(_load())
+    assert "3 models of 1 family (cnn)" in scope_text(_load(families=["cnn"]))
+    assert "1 group (DVC experiment, else git commit): exp-a" in scope_text(_load(dvc_exps=["exp-a"]))
+
+
+def test_energy_method_sentence_names_the_methods_the_rows_carry():
+    one = _notes([_rec(0, "mlp"), _rec(1, "cnn")])
+    assert f"one method, `{METHOD}`" in one and "load times the CPU's TDP" in one and "estimate" in one
+    assert "rapl" not in one.lower() and "methods" not in one  # nothing about a method no row carries
+    two = _notes([_rec(0, "mlp"), _rec(1, "cnn", method=RAPL), _rec(2, "rnn", method=RAPL)])
+    assert f"2 methods: `{RAPL}` (2 models: CPU from Intel RAPL" in two and f"`{METHOD}` (1 model:" in two
+    assert "mix 2 of them" in two
+    # An unmeasured run is named, but it is on no front: the fronts do not mix methods.
+    unmeasured = _rec(1, "cnn", method="unavailable")
+    del unmeasured.metrics["energy/total_j"], unmeasured.metrics["test/energy_per_1k_j"]
+    text = _notes([_rec(0, "mlp"), unmeasured])
+    assert "`unavailable` (1 model: not measured" in text and "mix" not in text
+    assert "1 model without training energy; 1 model without inference energy" in text
+
+
+def test_energy_sentences_follow_what_the_selection_holds(in_store):
+    from pipeline.reporting.render import notes
+
+    full = "\n".join(notes(_load()))
+    assert "read for 1 tuned model here" in full and "compressed variant adds its compression cost" in full
+    assert "every model has all three measurements" in full and "whose source run was not read" not in full
+    # No search, no compressed model: no sentence about them, and what search + training means then.
+    plain = _notes([_rec(0, "mlp"), _rec(1, "cnn")])
+    assert "No model here came from a search" in plain and "compressed variant" not in plain
+    # A variant whose source run is not in the store counts its compression cost alone, and says so.
+    orphan = _rec(1, "cnn", "quant_dynamic-int8", stage="compress", tags={"source_run_id": "gone", "technique": "quant_dynamic"})
+    text = _notes([_rec(0, "cnn"), orphan])
+    assert "1 compressed variant whose source run was not read (cnn-quant_dynamic-int8) counts its compression cost alone" in text
+
+
+def test_flops_sentence_gives_the_reasons_the_rows_carry():
+    int8 = "not countable: torch's FLOP counter has no formula for int8 kernels"
+    text = _notes([_rec(0, "mlp", **{"model/flops_per_sample_inference": 100.0, "final/train_flops_total": 1e6}),
+                   _rec(1, "cnn", "quant_static-int8", stage="compress", tags={"flops_note": int8, "technique": "quant_static"})])
+    assert f"FLOPs/sample n/a: {int8} (1 model)." in text
+    assert "Train FLOPs n/a for 1 model of stage compress" in text and "LSTM" not in text
+    assert "n/a" not in _notes([_rec(0, "mlp", **{"model/flops_per_sample_inference": 100.0, "final/train_flops_total": 1e6})])
+
+
+def test_groups_sentence_only_when_a_model_appears_in_several_groups(in_store):
+    from pipeline.reporting.render import groups_note
+
+    # mlp-baseline is in exp-a and in exp-b; nothing else is in both.
+    assert groups_note(_load()).startswith("1 model appears in more than one of the 2 groups")
+    assert groups_note(_load(dvc_exps=["exp-a"])) is None  # one group
+    assert groups_note(_load(families=["cnn"])) is None  # two groups, no model in both

@@ -14,7 +14,7 @@ from pipeline import paths
 from pipeline.compression import prune as P
 from pipeline.compression.artifact import load_variant, save_variant
 from pipeline.compression.compress import compress_family
-from pipeline.compression.distill import Batches, DistillClassifier, distillation_loss, student_spec
+from pipeline.compression.distill import DistillClassifier, distillation_loss, student_spec
 from pipeline.compression.finetune import fit_module, train_cfg
 from pipeline.compression.quantize import quantize_dynamic, quantize_static, static_unsupported_reason
 from pipeline.compression.summary import ENERGY_PLOT, SIZE_PLOT, compression_section
@@ -22,8 +22,9 @@ from pipeline.config import ParamsError, parse_params
 from pipeline.data.prepare import prepare, save
 from pipeline.evaluation.evaluate import load_trained
 from pipeline.models.factory import ModelSpec, build_model
+from pipeline.models.family import weight_matrices
 from pipeline.tracking import client_for
-from pipeline.training.data import split_tensors
+from pipeline.training.data import Batches, split_tensors
 from pipeline.training.train import train_family
 
 from .conftest import ROOT, tiny_raw
@@ -121,7 +122,7 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(in_trained, family):
     from pipeline.training.data import TensorBatches
     from pipeline.training.module import Classifier
 
-    before = [t.clone() for t in (getattr(m, n) for m, n in P.prunable_weights(state.model))]
+    before = [t.clone() for t in (getattr(m, n) for m, n in weight_matrices(state.model))]
     module = Classifier(state.model, spec.num_classes, train_cfg(0.01, 64, 1))
     torch.use_deterministic_algorithms(False)  # whatever earlier training in this process left
     fit_module(module, TensorBatches(*split_tensors(prepared, "train"), 64, shuffle=True, seed=1),
@@ -129,8 +130,8 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(in_trained, family):
     # Lightning's deterministic="warn" is given back: later int8 inference would warn on every call
     assert not torch.are_deterministic_algorithms_enabled()
     P.make_permanent(state)
-    after = [getattr(m, n) for m, n in P.prunable_weights(state.model)]
-    assert any(not torch.equal(a, b) for a, b in zip(after, before))  # it did train
+    after = [getattr(m, n) for m, n in weight_matrices(state.model)]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # it did train
     assert P.weight_sparsity(state.model) == pytest.approx(0.7, abs=1e-3)
 
 

@@ -1,16 +1,51 @@
 import textwrap
 
 import pytest
+import yaml
+from pydantic import BaseModel, RootModel
 
-from pipeline.config import FAMILIES, ParamsError, load_params, parse_params
+from pipeline.config import Params, ParamsError, load_params, parse_params
+from pipeline.models.family import families
 
 from .conftest import ROOT, tiny_raw
 
 
 def test_project_params_file_is_valid():
     p = load_params(ROOT / "params.yaml")
-    assert set(p.families) == set(FAMILIES)
+    assert set(p.families) == set(families())
     assert p.data.dataset == "mnist1d"
+
+
+def _typed_keys(node, path=()):
+    """Every key path of the typed config: the fields of each section, and each family's entry of
+    a per-family block with the fields of its params."""
+    if isinstance(node, RootModel):
+        items = node.root.items()
+    elif isinstance(node, BaseModel):
+        items = ((k, getattr(node, k)) for k in type(node).model_fields)
+    else:
+        return
+    for key, value in items:
+        yield (*path, key)
+        yield from _typed_keys(value, (*path, key))
+
+
+def _written(raw: dict, path: tuple) -> bool:
+    node = raw
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def test_params_yaml_ships_the_typed_defaults():
+    """One source of defaults: every value params.yaml gives is the typed default, and it writes
+    every key, so a key deleted from it falls back to the value it documents."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert parse_params(raw).model_dump() == Params().model_dump()
+    missing = [".".join(k) for k in _typed_keys(Params()) if not _written(raw, k)]
+    assert not missing, f"typed config keys that params.yaml does not write: {missing}"
 
 
 @pytest.mark.parametrize(

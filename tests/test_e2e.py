@@ -13,7 +13,8 @@ import yaml
 
 from .conftest import ROOT, tiny_raw
 
-pytestmark = pytest.mark.slow
+# The module fixture runs the whole `dvc repro` (2-4 minutes on 2 cores) inside the first test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 FAMILIES = ["mlp", "cnn", "rnn", "transformer"]
 SWEEP_STAGE = "sweep@mlp-0.5-1"  # conftest's TINY sweeps mlp at half width
 
@@ -208,8 +209,14 @@ def test_interrupted_repro_resumes_the_study(repo):
     deadline = time.monotonic() + 300
     while len(_trials(d, study)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    out, _ = proc.communicate(timeout=120)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"dvc repro still running 60 s after Ctrl-C:\n{proc.communicate()[0]}")
+    assert time.monotonic() - sent < 10, f"dvc repro took {time.monotonic() - sent:.1f} s to exit after Ctrl-C"
     assert proc.returncode != 0, out
     assert _trials(d, study)[:2] == before
 

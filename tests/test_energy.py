@@ -2,8 +2,8 @@ import time
 
 import torch
 
-from pipeline.energy import UNAVAILABLE, EnergyMeter
 from pipeline.config import EnergyCfg
+from pipeline.energy import UNAVAILABLE, EnergyMeter
 
 
 def test_real_work_has_positive_energy_and_a_method(meter):

@@ -1,12 +1,21 @@
 """The inference-energy protocol: pinned threads, interleaved rounds, ratios paired by round."""
+from itertools import pairwise
+
 import pytest
 import torch
 from torch import nn
 
 from pipeline.config import EnergyCfg
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.inference_energy import (RoundReadings, allocator_setting, inference_threads, measure_rounds,
-                                                  paired_ratios, ratio_summary, steady_allocator)
+from pipeline.evaluation.inference_energy import (
+    RoundReadings,
+    allocator_setting,
+    inference_threads,
+    measure_rounds,
+    paired_ratios,
+    ratio_summary,
+    steady_allocator,
+)
 
 
 def test_inference_threads_sets_and_restores_torch_threads():
@@ -44,7 +53,7 @@ def test_models_alternate_within_rounds_and_each_reading_is_whole_passes():
 
     # Round 1 a b c, round 2 c b a, round 3 a b c: the model closing a round opens the next, so the
     # runs of consecutive calls by one model read a b c b a b c.
-    runs = [log[0]] + [n for prev, n in zip(log, log[1:]) if n != prev]
+    runs = [log[0]] + [n for prev, n in pairwise(log) if n != prev]
     assert runs == ["a", "b", "c", "b", "a", "b", "c"]
     for name, r in rounds.items():
         assert len(r.readings) == len(r.predictions) == len(r.cpu_s) == 3

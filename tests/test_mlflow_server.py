@@ -125,7 +125,7 @@ def test_rest_api_returns_runs_with_accuracy_energy_and_grouping_tags(server):
     runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100})["runs"]
     by_stage = {_tags(r)["stage"]: r for r in runs}
     assert set(by_stage) == {"train", "evaluate"}
-    for stage, run in by_stage.items():
+    for run in by_stage.values():
         tags, metrics = _tags(run), _metrics(run)
         assert run["info"]["status"] == "FINISHED"
         assert tags["family"] == "mlp" and tags["variant"] == "baseline"
@@ -153,25 +153,23 @@ def test_compare_reads_the_store_through_the_server(server, pipeline_store, tmp_
 
 
 @pytest.mark.browser
-def test_ui_renders_the_runs_in_headless_chromium(server):
-    from .cdp import Browser, find_browser
-
-    if find_browser() is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+def test_ui_renders_the_runs_in_headless_chromium(server, chromium):
     exp_id = _experiment_id(server)
     runs = _post(f"{server}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]
     train = next(r for r in runs if _tags(r)["stage"] == "train")
-    with Browser(offline=True, allow_local=True, timeout_s=90) as b:
-        # MLflow 3 opens an experiment in its GenAI view; the runs table is the "Model training" one.
-        b.open(f"{server}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
-        text = b.wait_for("document.body && document.body.innerText.includes('train-mlp') "
-                          "&& document.body.innerText.includes('evaluate-mlp-baseline') && document.body.innerText",
-                          timeout_s=120)
-        assert EXPERIMENT in text
-        b.open(f"{server}/#/experiments/{exp_id}/runs/{train['info']['run_id']}?workflowType=machine_learning")
-        page = b.wait_for("document.body && document.body.innerText.includes('test/acc') "
-                          "&& document.body.innerText.includes('energy/total_j') && document.body.innerText",
-                          timeout_s=120)
-        assert "mlp" in page and "train" in page
-        external = [u for u in b.requested_urls() if u.startswith(("http", "ws")) and "127.0.0.1" not in u]
-        assert not external, external
+    # MLflow 3 opens an experiment in its GenAI view; the runs table is the "Model training" one.
+    table = chromium.open(f"{server}/#/experiments/{exp_id}/runs?workflowType=machine_learning", timeout_s=90)
+    text = table.page.wait_for_function(
+        "document.body && document.body.innerText.includes('train-mlp') "
+        "&& document.body.innerText.includes('evaluate-mlp-baseline') && document.body.innerText",
+        polling=500, timeout=120_000).json_value()
+    assert EXPERIMENT in text
+    run = chromium.open(f"{server}/#/experiments/{exp_id}/runs/{train['info']['run_id']}?workflowType=machine_learning",
+                        timeout_s=90)
+    page = run.page.wait_for_function(
+        "document.body && document.body.innerText.includes('test/acc') "
+        "&& document.body.innerText.includes('energy/total_j') && document.body.innerText",
+        polling=500, timeout=120_000).json_value()
+    assert "mlp" in page and "train" in page
+    external = table.external() + run.external()
+    assert not external, external

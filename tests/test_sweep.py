@@ -20,7 +20,7 @@ def test_scaled_hparams_multiply_width_and_depth_per_family():
     tr = scaled_hparams(params, "transformer", 1.3, 1)
     assert tr["d_model"] % tr["num_heads"] == 0 and tr["d_model"] == 20
     assert scaled_hparams(params, "transformer", 0.01, 0.01)["d_model"] == 2  # never below one head's width
-    assert scaled_hparams(params, "mlp", 0.001, 0.001) == {**params.models.mlp.model_dump(), "width": 1, "depth": 1}
+    assert scaled_hparams(params, "mlp", 0.001, 0.001) == {**params.models.for_family("mlp").model_dump(), "width": 1, "depth": 1}
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "abc", "nan"])

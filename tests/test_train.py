@@ -5,7 +5,7 @@ import torch
 
 from pipeline import paths
 from pipeline.data.prepare import prepare, save
-from pipeline.evaluation.evaluate import evaluate_family, macro_f1, confusion
+from pipeline.evaluation.evaluate import confusion, evaluate_family, macro_f1
 from pipeline.tracking import client_for
 from pipeline.training.train import train_family
 
@@ -88,17 +88,24 @@ def test_nan_loss_fails_the_run_and_keeps_its_energy(tiny_params, prepared, mete
     assert not paths.train_metrics("mlp").exists()
 
 
-def test_macro_f1_on_a_known_confusion_matrix():
+def test_macro_f1_and_confusion_matrix_on_a_hand_made_case():
     import numpy as np
+    from sklearn.metrics import confusion_matrix, f1_score
 
     y = np.array([0, 0, 1, 1, 2])
     p = np.array([0, 1, 1, 1, 0])
-    from sklearn.metrics import f1_score
-
     cm = confusion(y, p, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
     # per-class F1: 1/2, 4/5, 0
-    assert macro_f1(cm) == pytest.approx((0.5 + 0.8 + 0) / 3)
-    assert macro_f1(cm) == pytest.approx(f1_score(y, p, average="macro"))
+    assert macro_f1(y, p, 3) == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert macro_f1(y, p, 3) == pytest.approx(f1_score(y, p, average="macro"))
+    # Class 3 has no test sample and is never predicted: its row and column are zeros, and it
+    # counts in the average with F1 0, as in scikit-learn with these labels.
+    cm4 = confusion(y, p, 4)
+    assert cm4.shape == (4, 4) and cm4[3].sum() == cm4[:, 3].sum() == 0
+    assert (cm4 == confusion_matrix(y, p, labels=range(4))).all()
+    assert macro_f1(y, p, 4) == pytest.approx((0.5 + 0.8 + 0 + 0) / 4)
+    assert macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, average="macro", labels=range(4), zero_division=0))
 
 
 def test_evaluate_works_when_the_training_run_is_not_in_the_store(tiny_params, prepared, meter, caplog):

@@ -150,12 +150,6 @@ def _assert_exactly_n(study, params, n):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-def test_knee_picks_the_balanced_point():
-    # accuracy, energy: the middle point is nearest to (best accuracy, least energy)
-    assert st.knee([(0.5, 1.0), (0.9, 2.0), (0.92, 10.0)]) == 1
-    assert st.knee([(0.8, 1.0)]) == 0
-
-
 def test_storage_password_is_redacted():
     assert st.redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
 

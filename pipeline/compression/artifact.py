@@ -1,38 +1,38 @@
-"""A compressed variant on disk, and back: ``model.pt`` (state dict), ``spec.json`` (the float
-architecture it is built from) and ``variant.json`` (how it was made: technique, level,
-quantization mode and engine, resized layers, source model).
+"""A compressed variant on disk, and back: ``model.pt`` (state dict) and ``spec.json`` (the float
+architecture it is built from), written and read like every saved model (``models.saved``), and
+``variant.json`` (how it was made: technique, level, quantization mode and engine, the layout
+of resized layers, source model).
 
-Loading rebuilds the float architecture, applies the same structural transformation
-(quantization wrappers, resized feed-forward layers) and loads the saved weights, so what is
-measured is what was saved."""
+Loading rebuilds the float architecture, applies the same structural transformation (the
+family's ``apply_layout`` of a compacted model, quantization wrappers) and loads the saved
+weights, so what is measured is what was saved."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from pipeline.compression.prune import resize_ffn
 from pipeline.compression.quantize import quantize_dynamic, set_engine, static_skeleton
 from pipeline.models.factory import ModelSpec, build_model
+from pipeline.models.family import get_family
+from pipeline.models.saved import load_model, save_model
+from pipeline.paths import write_json
 
-MODEL, SPEC, RECIPE = "model.pt", "spec.json", "variant.json"
+RECIPE = "variant.json"
 
 
 def save_variant(out_dir: Path, model: nn.Module, spec: ModelSpec, recipe: dict) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / MODEL)
-    (out_dir / SPEC).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
-    (out_dir / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
-    return out_dir / MODEL
+    path = save_model(out_dir, model, spec)
+    write_json(recipe, out_dir / RECIPE)
+    return path
 
 
 def build_skeleton(spec: ModelSpec, recipe: dict) -> nn.Module:
     """The module structure the saved state dict belongs to (weights not loaded)."""
     model = build_model(spec).eval()
-    if recipe.get("ffn_width"):
-        resize_ffn(model, int(recipe["ffn_width"]))
+    if recipe.get("layout"):
+        get_family(spec.family).apply_layout(model, recipe["layout"])
     mode = recipe.get("quantization")
     if mode:
         set_engine(recipe["engine"])
@@ -44,11 +44,6 @@ def build_skeleton(spec: ModelSpec, recipe: dict) -> nn.Module:
 
 
 def load_variant(out_dir: Path) -> tuple[nn.Module, ModelSpec, dict]:
-    spec = ModelSpec.from_dict(json.loads((out_dir / SPEC).read_text()))
-    recipe = json.loads((out_dir / RECIPE).read_text())
-    model = build_skeleton(spec, recipe)
-    # Weights only; quantized GRU/LSTM weights are torch's own packed ScriptObjects.
-    with torch.serialization.safe_globals([torch.ScriptObject]):
-        state = torch.load(out_dir / MODEL, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval(), spec, recipe
+    recipe = json.loads((Path(out_dir) / RECIPE).read_text())
+    model, spec = load_model(out_dir, lambda spec: build_skeleton(spec, recipe))
+    return model, spec, recipe

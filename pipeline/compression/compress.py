@@ -16,12 +16,12 @@ Each variant is one MLflow run (tags ``stage=compress``, ``technique``, ``level`
 """
 from __future__ import annotations
 
-import json
+import itertools
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -29,19 +29,20 @@ from torch import nn
 from pipeline import paths
 from pipeline.compression import measure
 from pipeline.compression.artifact import load_variant, save_variant
-from pipeline.compression.distill import Batches, DistillClassifier, student_name, student_spec
-from pipeline.compression.finetune import fit_module, logits, train_cfg
+from pipeline.compression.distill import DistillClassifier, student_name, student_spec
+from pipeline.compression.finetune import fit_module, train_cfg
 from pipeline.compression.prune import compact, make_permanent, prune_global, prune_structured, weight_sparsity
 from pipeline.compression.quantize import quantize_dynamic, quantize_static, set_engine, static_unsupported_reason
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.evaluate import (InferenceMeasurement, Quality, energy_rounds, load_trained, measured_threads,
-                                         quality)
-from pipeline.evaluation.inference_energy import RoundReadings, allocator_setting, paired_ratios, ratio_summary
+from pipeline.evaluation.evaluate import InferenceMeasurement, Quality, energy_rounds, load_trained, measured_threads, quality
+from pipeline.evaluation.inference_energy import RoundReadings, allocator_setting, logits, paired_ratios, ratio_summary
 from pipeline.models.factory import ModelSpec
+from pipeline.models.family import get_family
+from pipeline.models.profile import count_parameters
 from pipeline.tracking import Run, base_tags, client_for, tracked_run
-from pipeline.training.data import TensorBatches, split_tensors
+from pipeline.training.data import Batches, TensorBatches, split_tensors
 from pipeline.training.module import Classifier
 
 QUANT_DYNAMIC, QUANT_STATIC = "quant_dynamic", "quant_static"
@@ -115,7 +116,7 @@ def _calibration(ctx: Context) -> list[torch.Tensor]:
     """``calibration_batches`` shuffled training batches (never the test split)."""
     q = ctx.params.compress.quantize
     batches = TensorBatches(*ctx.tensors("train"), ctx.params.compress.batch_size, shuffle=True, seed=ctx.params.base.seed)
-    return [xb for xb, _ in zip((b[0] for b in batches), range(q.calibration_batches))]
+    return [b[0] for b in itertools.islice(batches, q.calibration_batches)]
 
 
 def _quantized(ctx: Context, mode: str, model: nn.Module, spec: ModelSpec, recipe: dict | None = None,
@@ -179,48 +180,53 @@ def _plan_stacked(ctx: Context, plans: list[Plan], skipped: dict[str, str]) -> l
     return out
 
 
-def _plan_prune(ctx: Context) -> list[Plan]:
+def _plan_prune(ctx: Context, skipped: dict[str, str]) -> list[Plan]:
     p = ctx.params.compress.prune
+    family = get_family(ctx.family)
+    # What the family lets pruning touch; a kind it declares nothing for is skipped.
+    reasons = {"global": None if family.prunable(ctx.teacher) else
+               f"family {ctx.family!r} declares no prunable weights (Family.prunable)",
+               "structured": None if family.pruning_units(ctx.teacher) else
+               f"family {ctx.family!r} declares no structured-pruning units (Family.pruning_units)"}
     plans = []
     for kind in p.kinds:
+        technique = PRUNE_GLOBAL if kind == "global" else PRUNE_STRUCTURED
         for sparsity in p.sparsity:
+            if reasons[kind]:
+                skipped[f"{technique}-{_level(sparsity)}"] = reasons[kind]
+                continue
+
             def build(kind=kind, sparsity=sparsity) -> Built:
                 if kind == "global":
-                    state = prune_global(ctx.teacher, sparsity)
+                    state = prune_global(ctx.teacher, sparsity, family.prunable)
                 else:
                     state = prune_structured(ctx.teacher, ctx.family, sparsity)
                 history = _finetune(ctx, state.model, p.finetune_epochs)
                 make_permanent(state)
                 if kind == "global":
-                    return Built(state.model.eval(), ctx.spec, {}, {"sparsity": weight_sparsity(state.model)}, history)
-                n_units = _units(ctx.teacher, ctx.family)
+                    return Built(state.model.eval(), ctx.spec, {},
+                                 {"sparsity": weight_sparsity(state.model, family.prunable)}, history)
                 model, spec, extra = compact(state, ctx.spec)
                 kept = len(state.keep[0])
-                return Built(model, spec, extra, {"units_before": n_units, "units_after": kept,
-                                                  "units_removed_fraction": 1 - kept / n_units}, history)
+                return Built(model, spec, extra, {"units_before": state.units, "units_after": kept,
+                                                  "units_removed_fraction": 1 - kept / state.units}, history)
 
-            technique = PRUNE_GLOBAL if kind == "global" else PRUNE_STRUCTURED
             plans.append(Plan(technique, _level(sparsity), build,
                               {"sparsity": sparsity, "finetune_epochs": p.finetune_epochs, "lr": p.lr}, ctx.family))
     return plans
 
 
-def _units(model: nn.Module, family: str) -> int:
-    """Neurons/channels/hidden units per pruned layer before structured pruning."""
-    if family == "mlp":
-        return model.net[1].out_features
-    if family == "cnn":
-        return model.features[0].out_channels
-    if family == "rnn":
-        return model.rnn.hidden_size
-    return model.encoder.layers[0].linear1.out_features
-
-
-def _plan_distill(ctx: Context) -> list[Plan]:
+def _plan_distill(ctx: Context, skipped: dict[str, str]) -> list[Plan]:
     d = ctx.params.compress.distill
     family = ctx.family if d.student_family == "same" else d.student_family
     overrides = ctx.params.compress.distill.student.for_family(family)
-    teacher_params = sum(p.numel() for p in ctx.teacher.parameters())
+    if not overrides:
+        reason = (f"no student for family {family!r}: it declares no student_overrides() and "
+                  f"compress.distill.student.{family} is empty")
+        for technique in (DISTILL, SCRATCH):
+            skipped[f"{technique}-{student_name(family, overrides)}"] = reason
+        return []
+    teacher_params = count_parameters(ctx.teacher).total
     s_spec = student_spec(ctx.spec, d.student_family, overrides, teacher_params)  # fails early, naming the key
     name = student_name(family, overrides)
     seed = ctx.params.base.seed
@@ -234,7 +240,7 @@ def _plan_distill(ctx: Context) -> list[Plan]:
         x, y = ctx.tensors("train")
         tensors: tuple[torch.Tensor, ...] = (x, y)
         if with_teacher:
-            tensors = (x, y, logits(ctx.teacher, x, ctx.params.evaluate.batch_size))
+            tensors = (x, y, logits(ctx.teacher.eval(), x, ctx.params.evaluate.batch_size))
         pl.seed_everything(seed, workers=True, verbose=False)  # the same initial student both times
         student = build_model(s_spec)
         module = DistillClassifier(student, s_spec.num_classes, train_cfg(d.lr, bs, d.epochs), d.temperature,
@@ -259,9 +265,9 @@ def plan_variants(ctx: Context) -> tuple[list[Plan], dict[str, str]]:
         if technique == "quantize":
             plans += _plan_quantize(ctx, skipped)
         elif technique == "prune":
-            plans += _plan_prune(ctx)
+            plans += _plan_prune(ctx, skipped)
         elif technique == "distill":
-            plans += _plan_distill(ctx)
+            plans += _plan_distill(ctx, skipped)
     return plans + _plan_stacked(ctx, plans, skipped), skipped
 
 
@@ -284,9 +290,9 @@ def _measure_energy(ctx: Context, models: dict[str, nn.Module], meter: EnergyMet
 
 def _size_figures(model: nn.Module, spec: ModelSpec, model_path: Path, quantized: bool,
                   counts_from: nn.Module | None) -> dict:
-    total, nonzero = measure.param_counts(counts_from if quantized and counts_from is not None else model)
+    counts = count_parameters(counts_from if quantized and counts_from is not None else model)
     flops, note = measure.inference_flops(model, spec, quantized)
-    out = {"params_total": total, "params_nonzero": nonzero, "size_bytes": model_path.stat().st_size,
+    out = {"params_total": counts.total, "params_nonzero": counts.nonzero, "size_bytes": model_path.stat().st_size,
            "size_bytes_gzip": measure.gzip_size_bytes(model_path), "flops_per_sample_inference": flops,
            "flops_note": note}
     return out
@@ -443,9 +449,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
         "skipped": skipped,
         "stage_duration_s": time.perf_counter() - t0,
     }
-    path = paths.compress_metrics(family, source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(out), indent=2) + "\n")
+    paths.write_json(_clean(out), paths.compress_metrics(family, source))
     return out
 
 

@@ -10,13 +10,13 @@ initial weights, batches, epochs and learning rate, so the teacher's benefit is 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from pipeline.config import MODEL_CFGS, ParamsError, TrainCfg
+from pipeline.config import ParamsError, TrainCfg
 from pipeline.models.factory import ModelSpec, build_model
+from pipeline.models.family import get_family
+from pipeline.models.profile import count_parameters
 from pipeline.training.module import Classifier
 
 
@@ -44,29 +44,9 @@ class DistillClassifier(Classifier):
         return distillation_loss(logits, extra[0] if extra else None, y, self.temperature, self.alpha)
 
 
-class Batches:
-    """Mini-batches of aligned in-memory tensors, reshuffled each pass by a seeded generator; the
-    same seed gives the same order whether or not teacher logits ride along."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0):
-        self.tensors, self.batch_size, self.shuffle = tensors, batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.batch_size)
-
-    def __iter__(self):
-        n = len(self.tensors[0])
-        tensors = self.tensors
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
-            tensors = tuple(t[order] for t in tensors)
-        for i in range(0, n, self.batch_size):
-            yield tuple(t[i:i + self.batch_size] for t in tensors)
-
-
 def student_name(family: str, overrides: dict) -> str:
-    """A short, file-safe name such as ``cnn_channels16`` or ``transformer_d_model32_num_layers1``."""
+    """A short, file-safe name: the family, then each override as key and value
+    (``<family>_width64``; a decimal point becomes ``p``)."""
     parts = [family] + [f"{k}{v}" for k, v in overrides.items()]
     return "_".join(str(p) for p in parts).replace(".", "p")
 
@@ -75,7 +55,7 @@ def student_spec(teacher: ModelSpec, student_family: str, overrides: dict, teach
     """The student: the teacher's hyperparameters (same family) or the family's defaults (another
     family), with the overrides; it must have fewer parameters than the teacher."""
     family = teacher.family if student_family == "same" else student_family
-    cfg_cls = MODEL_CFGS[family]
+    cfg_cls = get_family(family).Params
     base = dict(teacher.hparams) if family == teacher.family else cfg_cls().model_dump()
     key = f"compress.distill.student.{family}"
     try:
@@ -84,7 +64,7 @@ def student_spec(teacher: ModelSpec, student_family: str, overrides: dict, teach
         raise ParamsError(f"{key}: the student's hyperparameters {overrides} do not fit the teacher's "
                           f"{teacher.hparams}: {err}") from None
     spec = ModelSpec(family, teacher.input_shape, teacher.num_classes, hparams)
-    n = sum(p.numel() for p in build_model(spec).parameters())
+    n = count_parameters(build_model(spec)).total
     if n >= teacher_params:
         raise ParamsError(f"{key}: the student ({hparams}) has {n:,} parameters, not fewer than the "
                           f"teacher's {teacher_params:,}; choose smaller overrides")

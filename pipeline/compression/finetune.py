@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Iterable
-
-import torch
+from collections.abc import Iterable
 
 from pipeline.config import TrainCfg
 
@@ -73,9 +71,3 @@ def _fit(module, train_batches: Iterable, val_batches: Iterable, epochs: int, se
         module.load_state_dict(keep.best_state)
     module.eval()
     return keep.history
-
-
-@torch.inference_mode()
-def logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

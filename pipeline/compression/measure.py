@@ -14,12 +14,6 @@ from pipeline.models.factory import ModelSpec
 from pipeline.models.profile import profile_model
 
 
-def param_counts(model: nn.Module) -> tuple[int, int]:
-    """(total, non-zero) parameters of a float model."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params), int(sum(int((p != 0).sum()) for p in params))
-
-
 def state_size_bytes(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``, as the stages write model.pt."""
     buf = io.BytesIO()

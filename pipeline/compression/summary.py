@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.config import Params
+from pipeline.pareto import pareto_front
 
 ENERGY_PLOT = "compression_accuracy_vs_energy.png"
 SIZE_PLOT = "compression_accuracy_vs_size.png"
@@ -53,13 +54,6 @@ def load_rows(params: Params) -> list[dict]:
     return rows
 
 
-def pareto(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (accuracy >=, cost <=, one strictly), by cost."""
-    front = [i for i, (q, c) in enumerate(points)
-             if not any(q2 >= q and c2 <= c and (q2 > q or c2 < c) for j, (q2, c2) in enumerate(points) if j != i)]
-    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
-
-
 def _plot(rows: list[dict], cost_key: str, xlabel: str, title: str, path: Path) -> set[str]:
     import matplotlib
 
@@ -67,7 +61,7 @@ def _plot(rows: list[dict], cost_key: str, xlabel: str, title: str, path: Path) 
     import matplotlib.pyplot as plt
 
     pts = [r for r in rows if r.get(cost_key) and r.get("test_acc") is not None]
-    front = pareto([(r["test_acc"], r[cost_key]) for r in pts])
+    front = pareto_front([(r["test_acc"], r[cost_key]) for r in pts])
     on_front = {pts[i]["model"] for i in front}
     colors = {f: plt.cm.tab10(i) for i, f in enumerate(dict.fromkeys(r["family"] for r in pts))}
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -230,8 +224,10 @@ def _meaning(rows: list[dict]) -> list[str]:
                      f"only pay where int8 matrix products save more than that per-call quantization costs.")
     qs = _ratios(rows, "quant_static")
     if qs:
+        static_families = ", ".join(sorted({r["family"] for r in qs}))
         lines.append(f"- **Static int8 quantization** (calibrated scales, fused Conv/Linear+ReLU, int8 activations "
-                     f"between layers; MLP and CNN only): {_verdict(qs)}.")
+                     f"between layers; only families whose every layer has an eager int8 kernel, here "
+                     f"{static_families}): {_verdict(qs)}.")
     d = _ratios(rows, "distill")
     if d:
         pairs = []

@@ -135,7 +135,7 @@ def save(prepared: Prepared, dataset: str) -> tuple[Path, Path]:
     data_path, card_path = paths.prepared_data(dataset), paths.data_card(dataset)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(data_path, **prepared.arrays)
-    card_path.write_text(json.dumps(prepared.card, indent=2) + "\n")
+    paths.write_json(prepared.card, card_path)
     return data_path, card_path
 
 

@@ -22,41 +22,47 @@ from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
 from pipeline.data.sources import DataError
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.inference_energy import (RoundReadings, allocator_setting, inference_threads, measure_rounds,
-                                                  predict, steady_allocator)
-from pipeline.models.factory import ModelSpec, build_model
+from pipeline.evaluation.inference_energy import (
+    RoundReadings,
+    allocator_setting,
+    inference_threads,
+    measure_rounds,
+    predict,
+    steady_allocator,
+)
+from pipeline.models import saved
+from pipeline.models.factory import ModelSpec
 from pipeline.tracking import base_tags, tracked_run
 
 
 def load_trained(family: str, variant: str = paths.BASELINE) -> tuple[nn.Module, ModelSpec, dict]:
-    """Rebuild a trained model from its spec; weights are loaded weights-only (no pickle code)."""
+    """A trained model of ``family`` (``models/<family>/<variant>/``, see ``models.saved``), its
+    spec and its run.json; a missing file names the stage that makes it."""
     d = paths.model_dir(family, variant)
-    files = [d / "spec.json", d / "model.pt", d / "run.json"]
+    files = [d / saved.SPEC, d / saved.MODEL, d / "run.json"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         stage = "train" if variant == paths.BASELINE else "tune"
         raise DataError(f"{', '.join(missing)}: trained model not found; "
                         f"run `python -m pipeline {stage} --family {family}` first")
-    spec = ModelSpec.from_dict(json.loads(files[0].read_text()))
-    model = build_model(spec)
-    model.load_state_dict(torch.load(files[1], map_location="cpu", weights_only=True))
-    return model.eval(), spec, json.loads(files[2].read_text())
+    model, spec = saved.load_model(d)
+    return model, spec, json.loads(files[2].read_text())
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    """Counts of (true class, predicted class), one row and one column per class 0..num_classes-1."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).astype(np.int64)
 
 
-def macro_f1(cm: np.ndarray) -> float:
-    """Macro-averaged F1 over the classes present in the test labels or the predictions."""
-    tp = np.diag(cm).astype(float)
-    support, predicted = cm.sum(1), cm.sum(0)
-    present = (support + predicted) > 0
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1[present].mean())
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """F1 of each class 0..num_classes-1, averaged with equal weights (scikit-learn's). A class
+    with neither a test sample nor a prediction scores 0; with the prepare stage's stratified
+    split that is only a class too rare to get its share of the test split."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="macro", labels=list(range(num_classes)), zero_division=0))
 
 
 @torch.inference_mode()
@@ -157,7 +163,7 @@ def quality(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, 
         y_pred = predict(model, x, cfg.batch_size).numpy()
         latency = latency_per_sample_s(model, x, cfg.latency_samples)
     cm = confusion(y, y_pred, num_classes)
-    return Quality(y_pred, cm, float((y_pred == y).mean()), macro_f1(cm), latency)
+    return Quality(y_pred, cm, float((y_pred == y).mean()), macro_f1(y, y_pred, num_classes), latency)
 
 
 def energy_rounds(models: dict[str, nn.Module], x: torch.Tensor, cfg: EvaluateCfg, meter: EnergyMeter
@@ -210,10 +216,9 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
 
         cm_path = paths.confusion_plot(family, variant)
         cm_path.parent.mkdir(parents=True, exist_ok=True)
-        paths.evaluate_metrics(family, variant).parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(cm, f"{family} ({variant}): test accuracy {acc:.3f}", cm_path)
         run.log_artifact(cm_path)
         run.log_dict({"labels": list(range(spec.num_classes)), "matrix": cm.tolist()}, "confusion_matrix.json")
         run.log_dict(energy.to_dict(), "energy.json")
-        paths.evaluate_metrics(family, variant).write_text(json.dumps(metrics, indent=2) + "\n")
+        paths.write_json(metrics, paths.evaluate_metrics(family, variant))
     return metrics

@@ -25,13 +25,14 @@ import ctypes.util
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
 
+from pipeline import interrupts
 from pipeline.energy import EnergyMeter, EnergyReading
 
 
@@ -76,8 +77,17 @@ def allocator_setting() -> str:
 
 
 @torch.inference_mode()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's outputs over a whole split, ``batch_size`` samples at a time: the one batched
+    prediction (evaluation, the energy readings, a teacher's logits for distillation). The model
+    is run as it is: callers put it in eval mode (loaded models are)."""
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).argmax(1)
+    """Predicted classes over a split (``logits`` then argmax)."""
+    return logits(model, x, batch_size).argmax(1)
 
 
 @dataclass(frozen=True)
@@ -104,10 +114,10 @@ class RoundReadings:
         """Energy per 1,000 predictions in each round; None when energy was not measured."""
         if any(r.energy_j is None for r in self.readings):
             return None
-        return [r.energy_j / n * 1000 for r, n in zip(self.readings, self.predictions)]
+        return [r.energy_j / n * 1000 for r, n in zip(self.readings, self.predictions, strict=True)]
 
     def cpu_s_per_1k(self) -> list[float]:
-        return [c / n * 1000 for c, n in zip(self.cpu_s, self.predictions)]
+        return [c / n * 1000 for c, n in zip(self.cpu_s, self.predictions, strict=True)]
 
     def spread(self) -> float | None:
         """Interquartile range of the rounds' energy per prediction, relative to their median."""
@@ -132,6 +142,7 @@ def measure_rounds(models: dict[str, nn.Module], x: torch.Tensor, batch_size: in
     names = list(models)
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
+            interrupts.check()  # between readings: Ctrl-C ends a long measurement within one reading
             model = models[name]
             predict(model, x, batch_size)  # warm-up: caches and allocator for this model
             passes = 0
@@ -151,7 +162,7 @@ def paired_ratios(model: list[float] | None, reference: list[float] | None) -> l
     """Per round: the model's value over the reference's in the same round (e.g. ``per_1k_j()``)."""
     if model is None or reference is None or len(model) != len(reference):
         return None
-    return [a / b for a, b in zip(model, reference) if b > 0]
+    return [a / b for a, b in zip(model, reference, strict=True) if b > 0]
 
 
 def ratio_summary(ratios: list[float] | None) -> dict[str, float]:

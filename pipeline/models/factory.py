@@ -1,23 +1,14 @@
-"""One factory builds every family from (input shape, number of classes, hyperparameters)."""
+"""One factory builds every family's model from (family, input shape, number of classes,
+hyperparameters), through the family registry (``pipeline.models.family``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from pipeline.models.family import get_family
 
-from pipeline.config import CNNCfg, MLPCfg, RNNCfg, TransformerCfg
-from pipeline.models.cnn import CNN
-from pipeline.models.mlp import MLP
-from pipeline.models.rnn import RNN
-from pipeline.models.transformer import Transformer
-
-REGISTRY: dict[str, tuple[type[nn.Module], type]] = {
-    "mlp": (MLP, MLPCfg),
-    "cnn": (CNN, CNNCfg),
-    "rnn": (RNN, RNNCfg),
-    "transformer": (Transformer, TransformerCfg),
-}
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -35,13 +26,11 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         return cls(d["family"], tuple(d["input_shape"]), int(d["num_classes"]), dict(d["hparams"]))
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    try:
-        model_cls, cfg_cls = REGISTRY[spec.family]
-    except KeyError:
-        raise ValueError(f"unknown model family {spec.family!r}; known: {sorted(REGISTRY)}") from None
-    return model_cls(tuple(spec.input_shape), spec.num_classes, cfg_cls.model_validate(spec.hparams))
+    """The family's model with freshly initialised weights (torch's global RNG)."""
+    family = get_family(spec.family)
+    return family.build(tuple(spec.input_shape), spec.num_classes, family.Params.model_validate(spec.hparams))

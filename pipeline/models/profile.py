@@ -3,10 +3,14 @@
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``. It has no formula for some fused
 kernels (``nn.LSTM`` on CPU counts 0), so a zero from a layer that does matrix work means "not
 counted", never "free": such a model gets ``None`` and a note saying which layers were missed.
+A model that can avoid such a kernel says how with its ``flop_counting()`` (see
+``pipeline.models.family``): the count runs inside that context.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -30,11 +34,23 @@ class ModelProfile:
         return asdict(self)
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return total, trainable, nbytes
+class ParamCounts(NamedTuple):
+    total: int
+    trainable: int
+    nonzero: int  # pruning leaves zeros inside dense tensors
+    nbytes: int
+
+
+def count_parameters(model: nn.Module) -> ParamCounts:
+    """The one count of a model's parameters (``model.parameters()``: a quantized model holds
+    packed int8 weights outside them, so count its float source instead)."""
+    params = list(model.parameters())
+    return ParamCounts(
+        total=sum(p.numel() for p in params),
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        nonzero=int(sum(int((p != 0).sum()) for p in params)),
+        nbytes=sum(p.numel() * p.element_size() for p in params),
+    )
 
 
 def _missed_layers(model: nn.Module, counts: dict[str, dict]) -> list[str]:
@@ -57,16 +73,16 @@ def _count(model: nn.Module, fn) -> tuple[int, list[str]]:
 
 
 def profile_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: int, batch_size: int) -> ModelProfile:
-    total, trainable, nbytes = count_parameters(model)
+    counts = count_parameters(model)
+    total, trainable, nbytes = counts.total, counts.trainable, counts.nbytes
     was_training = model.training
     x_inf = torch.randn(4, *input_shape)
     x_train = torch.randn(batch_size, *input_shape)
     y_train = torch.randint(0, num_classes, (batch_size,))
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention path is invisible to the counter
+    counting = getattr(model, "flop_counting", nullcontext)
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counting():
             inf_flops, missed = _count(model, lambda: model(x_inf))
         model.train()
 
@@ -74,10 +90,10 @@ def profile_model(model: nn.Module, input_shape: tuple[int, ...], num_classes: i
             loss = nn.functional.cross_entropy(model(x_train), y_train)
             loss.backward()
 
-        train_flops, missed_train = _count(model, step)
+        with counting():
+            train_flops, missed_train = _count(model, step)
         model.zero_grad(set_to_none=True)
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
     missed = sorted(set(missed) | set(missed_train))
     if missed:

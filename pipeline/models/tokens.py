@@ -1,4 +1,4 @@
-"""Turn the shared batch layout into a token sequence for the sequence models (RNN, Transformer).
+"""Turn the shared batch layout into a token sequence, for the families that read tokens.
 
 Sequences (B, C, L) become L tokens of C features; images (B, C, H, W) become H tokens (rows) of
 C*W features. ``patch`` groups that many consecutive tokens into one (zero-padding the end).

@@ -26,13 +26,14 @@ import math
 import re
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
-from pipeline.config import FAMILIES
 from pipeline.data.sources import DataError
-from pipeline.reporting.pareto import knee, pareto_front
+from pipeline.models.family import families
+from pipeline.pareto import knee, pareto_front
 from pipeline.reporting.store import RunRecord
 
 # Stages that produce models; a tuned refit's origin is "tune" (its MLflow tag says stage=train).
@@ -106,10 +107,10 @@ class Filters:
     top: int | None = None
     all_runs: bool = False
 
-    def validate(self) -> "Filters":
-        bad = [f for f in self.families if f not in FAMILIES]
+    def validate(self) -> Filters:
+        bad = [f for f in self.families if f not in families()]
         if bad:
-            raise FilterError(f"unknown family {', '.join(map(repr, bad))}; choose from {', '.join(FAMILIES)}")
+            raise FilterError(f"unknown family {', '.join(map(repr, bad))}; choose from {', '.join(families())}")
         bad = [s for s in self.stages if s not in MODEL_STAGES]
         if bad:
             raise FilterError(f"unknown stage {', '.join(map(repr, bad))}; choose from {', '.join(MODEL_STAGES)}")
@@ -218,6 +219,8 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
         "flops_per_joule": _num(m.get("final/flops_per_joule")),
         "energy_to_target_j": _num(m.get("final/energy_to_target_j")),
         "energy_method": t.get("energy_method", "unknown"),
+        # A variant whose source run was not read counts its compression cost alone (the report says so).
+        "source_missing": derived and source is None,
         "flops_note": t.get("flops_note", ""),
         "git_commit": commit,
         "dvc_exp_name": t.get("dvc_exp_name", ""),

@@ -8,9 +8,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pipeline.models.family import families as registered_families
 from pipeline.reporting.compare import AXES, Comparison
 
-FAMILY_COLORS = {"mlp": "#1f77b4", "cnn": "#ff7f0e", "rnn": "#2ca02c", "transformer": "#d62728"}
+# matplotlib's tab10: a family's colour is the entry at its index in the registry (stable from
+# one report to the next), families no longer registered following in name order.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
 STAGE_MARKERS = {"train": "o", "tune": "s", "sweep": "^", "compress": "D"}
 MAX_LABELS = 8  # a longer front has only its ends and its knee labelled; the tables name the rest
 
@@ -24,8 +28,12 @@ def _plt():
     return plt
 
 
-def _color(family: str) -> str:
-    return FAMILY_COLORS.get(family, "#7f7f7f")
+def family_colors(rows: list[dict]) -> dict[str, str]:
+    """The families of ``rows`` in registry order (then by name), each with its colour."""
+    present = {r["family"] for r in rows}
+    order = list(registered_families())
+    order += sorted(present - set(order))
+    return {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(order) if f in present}
 
 
 def _tick_label(v: float, _pos=None) -> str:
@@ -43,10 +51,10 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _legend(ax, families: list[str], stages: list[str]) -> None:
+def _legend(ax, colors: dict[str, str], stages: list[str]) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="", marker="o", color=_color(f), label=f) for f in families]
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=f) for f, c in colors.items()]
     handles += [Line2D([], [], ls="", marker=STAGE_MARKERS.get(s, "x"), color="#555555", mfc="none", label=s)
                 for s in stages]
     handles += [Line2D([], [], ls="--", color="k", lw=1, label="Pareto front"),
@@ -60,9 +68,9 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
     plt = _plt()
     rows = cmp.rows
     fig, axes = plt.subplots(1, len(AXES), figsize=(6 * len(AXES), 5), squeeze=False)
-    families = sorted({r["family"] for r in rows}, key=lambda f: (f not in FAMILY_COLORS, f))
+    colors = family_colors(rows)
     stages = sorted({r["stage"] for r in rows})
-    for ax, (key, title, axis) in zip(axes[0], AXES):
+    for ax, (key, title, axis) in zip(axes[0], AXES, strict=True):
         front, knee_i = cmp.fronts[axis], cmp.knees[axis]
         on = set(front)
         usable = [i for i, r in enumerate(rows) if r[key] is not None and r[key] > 0 and r["test_acc"] is not None]
@@ -71,7 +79,7 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
             sets.setdefault((rows[i]["family"], rows[i]["stage"], i in on), []).append(i)
         for (family, stage, is_front), idx in sets.items():
             ax.scatter([rows[i][key] for i in idx], [rows[i]["test_acc"] for i in idx],
-                       c=_color(family), marker=STAGE_MARKERS.get(stage, "x"),
+                       c=colors[family], marker=STAGE_MARKERS.get(stage, "x"),
                        s=60 if is_front else 30, alpha=1.0 if is_front else 0.25,
                        edgecolors="k" if is_front else "none", linewidths=0.6, zorder=3 if is_front else 2)
         if front:
@@ -96,7 +104,7 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
         ax.set_ylabel("test accuracy")
         ax.set_title(f"Accuracy vs {title.split(' (')[0]}", fontsize=11)
         ax.grid(alpha=0.3, which="both")
-    _legend(axes[0][0], families, stages)
+    _legend(axes[0][0], colors, stages)
     # Fixed margins: tight_layout would draw the whole figure once more just to measure it.
     fig.subplots_adjust(left=0.045, right=0.99, bottom=0.11, top=0.93, wspace=0.16)
     fig.savefig(path, dpi=90)
@@ -117,12 +125,12 @@ def size_figure(cmp: Comparison, path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), squeeze=False)
     panels = [("params", "parameters"), ("flops_per_sample_inference", "inference FLOPs per sample")]
     ys = [("test_acc", "test accuracy", False), ("train_energy_j", "training energy (J, log scale)", True)]
-    families = sorted({r["family"] for r in rows}, key=lambda f: (f not in FAMILY_COLORS, f))
+    colors = family_colors(rows)
     for row_i, (ykey, ytitle, ylog) in enumerate(ys):
         for col_i, (xkey, xtitle) in enumerate(panels):
             ax = axes[row_i][col_i]
             drawn = False
-            for family in families:
+            for family, color in colors.items():
                 pts = [r for r in rows if r["family"] == family and r[xkey] and r[ykey] is not None
                        and (not ylog or r[ykey] > 0)]
                 series: dict[str, list[dict]] = {}
@@ -135,11 +143,11 @@ def size_figure(cmp: Comparison, path: Path) -> Path:
                     xs += [r[xkey] for r in members] + [math.nan]
                     ys += [r[ykey] for r in members] + [math.nan]
                 if xs:
-                    ax.plot(xs, ys, "-o", color=_color(family), ms=5, lw=1.2, alpha=0.85)
+                    ax.plot(xs, ys, "-o", color=color, ms=5, lw=1.2, alpha=0.85)
                 others = [r for r in pts if r["stage"] not in SERIES_STAGES]
                 if others:
                     ax.scatter([r[xkey] for r in others], [r[ykey] for r in others], facecolors="none",
-                               edgecolors=_color(family), s=30, alpha=0.7)
+                               edgecolors=color, s=30, alpha=0.7)
                 drawn = drawn or bool(pts)
             if drawn:
                 ax.set_xscale("log")
@@ -155,7 +163,7 @@ def size_figure(cmp: Comparison, path: Path) -> Path:
             ax.grid(alpha=0.3, which="both")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", color=_color(f), label=f"{f}: baseline and sweep sizes") for f in families]
+    handles = [Line2D([], [], marker="o", color=c, label=f"{f}: baseline and sweep sizes") for f, c in colors.items()]
     handles.append(Line2D([], [], ls="", marker="o", mfc="none", mec="#555555", label="other models (tuned, compressed)"))
     axes[0][0].legend(handles=handles, fontsize=8, loc="lower right")
     fig.suptitle("Model size: accuracy and training energy against parameters and FLOPs", fontsize=12)

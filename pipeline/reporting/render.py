@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 from pipeline.reporting.compare import AXES, Comparison
 
@@ -91,12 +91,21 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000).isoformat(sep=" ", timespec="seconds")
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def families_of(cmp: Comparison) -> list[str]:
+    return sorted({r["family"] for r in cmp.rows})
+
+
 def scope_text(cmp: Comparison) -> str:
-    groups = cmp.groups
+    groups, families = cmp.groups, families_of(cmp)
     shown = ", ".join(groups[:12]) + (f" and {len(groups) - 12} more" if len(groups) > 12 else "")
-    return (f"{len(cmp.rows)} models from {cmp.runs_read} runs of MLflow experiment(s) "
-            f"{', '.join(cmp.experiments)}; groups (DVC experiment, else git commit): {shown}. "
-            f"Selection: {cmp.filters.describe()}. Generated {_when(cmp.generated_ms)}.")
+    return (f"{_count(len(cmp.rows), 'model')} of {_count(len(families), 'family', 'families')} "
+            f"({', '.join(families)}) from {_count(cmp.runs_read, 'run')} of MLflow experiment(s) "
+            f"{', '.join(cmp.experiments)}; {_count(len(groups), 'group')} (DVC experiment, else git commit): "
+            f"{shown}. Selection: {cmp.filters.describe()}. Generated {_when(cmp.generated_ms)}.")
 
 
 def _knee_lines(cmp: Comparison) -> list[tuple[str, str]]:
@@ -117,24 +126,162 @@ def _knee_lines(cmp: Comparison) -> list[tuple[str, str]]:
     return out
 
 
-NOTES = [
-    "Costs are CodeCarbon's measurements (the energy method column says how: `cpu=rapl` is a hardware "
-    "counter, `cpu=estimate:...` an estimate from CPU load and TDP); compare models measured the same way.",
-    "**Training energy** is the training run's own; a compressed variant adds its compression cost to its "
-    "source's training energy (a `scratch` student, trained from labels alone, counts its own). **Search energy** is what the whole Optuna search that chose a tuned model "
-    "spent (every trial, pruned and failed ones included); **search + training** adds it to the training "
-    "energy (models no search produced count their training only).",
-    "**Pareto front** (letters: T training, I inference, S search + training): no other model is at least as "
-    "accurate and at most as costly, with one of the two strictly better. Equal energies: only the most "
-    "accurate can be on the front; equal accuracies: only the cheapest; exact duplicates are all on it or "
-    "all off it. Models whose energy was not measured take no part.",
-    f"**Knee** {KNEE}: the front model nearest the ideal corner (best accuracy of the front at its least "
-    "energy), accuracy scaled to [0, 1] and energy to [0, 1] on a log scale over the front; ties go to the "
-    "cheaper model.",
-    "FLOPs per sample are counted by torch's FLOP counter for one inference; train FLOPs count every "
-    "training and validation pass; FLOPs/J divides them by the training energy; n/a where a layer cannot be "
-    "counted (e.g. the fused LSTM kernel).",
-]
+# What each part of an ``energy_method`` tag (pipeline/energy.py) means.
+METHOD_PARTS = {
+    "cpu=rapl": "CPU from Intel RAPL's hardware energy counter",
+    "cpu=estimate:cpu_load*tdp": "CPU estimated from this process's CPU load times the CPU's TDP",
+    "cpu=estimate:constant_tdp": "CPU estimated as a constant share of the CPU's TDP",
+    "cpu=intel_power_gadget": "CPU from Intel Power Gadget",
+    "cpu=windows_emi": "CPU from Windows' energy meter interface",
+    "ram=estimate": "RAM estimated by CodeCarbon's power model",
+    "gpu=nvml": "GPU from NVML's energy counter (the whole device, other processes included)",
+    "gpu=none": "no GPU",
+    "unavailable": "not measured, CodeCarbon could not: no energy figures",
+    "unknown": "no energy_method tag on the run",
+}
+
+
+def _method_meaning(method: str) -> str:
+    """``cpu=rapl;ram=estimate;gpu=none`` in words; a sum of readings (``a+b``) part by part."""
+    readings = []
+    for reading in method.split("+"):
+        parts = [p.strip() for p in reading.split(";") if p.strip()]
+        readings.append(", ".join(METHOD_PARTS.get(p, f"`{p}`") for p in parts))
+    return " + ".join(readings)
+
+
+def _is_estimate(method: str) -> bool:
+    return "estimate" in method
+
+
+def method_note(cmp: Comparison) -> str:
+    """How the selected rows' energy was measured: every method they carry, with its count."""
+    counts: dict[str, int] = {}
+    for r in cmp.rows:
+        m = r.get("energy_method") or "unknown"
+        counts[m] = counts.get(m, 0) + 1
+    methods = sorted(counts, key=lambda m: (-counts[m], m))
+    head = ("Costs are CodeCarbon's measurements; the energy method column says how each run was measured "
+            "(the model's own run: its training, or a variant's compression).")
+    if len(methods) == 1:
+        m = methods[0]
+        text = (f"{head} Every model here carries one method, `{m}`: {_method_meaning(m)}.")
+        if _is_estimate(m):
+            text += (" Part of it is an estimate, not a counter reading: compare these figures with each other, "
+                     "not with figures measured another way or on another machine.")
+        return text
+    listed = "; ".join(f"`{m}` ({_count(counts[m], 'model')}: {_method_meaning(m)})" for m in methods)
+    text = f"{head} The models here carry {len(methods)} methods: {listed}."
+    on_fronts = {r.get("energy_method") or "unknown" for r in cmp.rows
+                 if any(r.get(key) is not None and r[key] > 0 for key, _, _ in AXES)}
+    if len(on_fronts) > 1:
+        text += (f" Energies measured different ways are not comparable, and this report's fronts and knees mix "
+                 f"{len(on_fronts)} of them: compare models within one method.")
+    return text
+
+
+def _axis_gaps(cmp: Comparison) -> str:
+    """Which models take no part in each front (no measured cost), from the rows."""
+    gaps = []
+    for key, title, _ in AXES:
+        n = sum(1 for r in cmp.rows if r.get(key) is None or not r[key] > 0 or r.get("test_acc") is None)
+        if n:
+            gaps.append(f"{_count(n, 'model')} without {title.split(' (')[0]}")
+    return ("here: " + "; ".join(gaps)) if gaps else "here every model has all three measurements"
+
+
+def energy_note(cmp: Comparison) -> str:
+    """What the training and search energy columns add up, with the exceptions the rows hold."""
+    rows = cmp.rows
+    text = "**Training energy** is the training run's own"
+    compressed = [r for r in rows if r["stage"] == "compress"]
+    if compressed:
+        text += ("; a compressed variant adds its compression cost to its source's training energy (a `scratch` "
+                 "student, trained from labels alone, counts its own)")
+        missing = [r for r in compressed if r.get("source_missing")]
+        if missing:
+            text += (f"; {_count(len(missing), 'compressed variant')} whose source run was not read "
+                     f"({', '.join(r['label'] for r in missing[:5])}{', ...' if len(missing) > 5 else ''}) "
+                     f"{'counts its' if len(missing) == 1 else 'count their'} compression cost alone")
+    text += ". "
+    tuned = [r for r in rows if r["stage"] == "tune"]
+    searched = [r for r in tuned if r.get("search_energy_j") is not None]
+    if searched:
+        text += (f"**Search energy** is what the whole Optuna search that chose a tuned model spent (every trial, "
+                 f"pruned and failed ones included; read for {_count(len(searched), 'tuned model')} here); "
+                 "**search + training** adds it to the training energy (models no search produced count their "
+                 "training only).")
+        if len(searched) < len(tuned):
+            n = len(tuned) - len(searched)
+            text += (f" {_count(n, 'tuned model')} without a search energy (study run not read) "
+                     f"{'counts its' if n == 1 else 'count their'} training only.")
+    elif tuned:
+        text += (f"No search energy was read for the {_count(len(tuned), 'tuned model')} here (study runs not read): "
+                 "**search + training** is their training energy alone.")
+    else:
+        text += "No model here came from a search: **search + training** energy equals training energy."
+    return text
+
+
+def flops_note(cmp: Comparison) -> str:
+    """What the FLOPs columns count, and why some cells are n/a, from the rows."""
+    rows = cmp.rows
+    text = ("FLOPs per sample are counted by torch's FLOP counter for one inference; train FLOPs count every "
+            "training and validation pass; FLOPs/J divides them by the training run's energy.")
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if r.get("flops_per_sample_inference") is None:
+            note = r.get("flops_note") or ""
+            why = note if note.startswith("not countable") else "not logged by the run"
+            reasons[why] = reasons.get(why, 0) + 1
+    if reasons:
+        text += " FLOPs/sample n/a: " + "; ".join(f"{why} ({_count(n, 'model')})" for why, n in reasons.items()) + "."
+    untrained: dict[str, int] = {}
+    for r in rows:
+        if r.get("train_flops_total") is None:
+            untrained[r["stage"]] = untrained.get(r["stage"], 0) + 1
+    if untrained:
+        text += (" Train FLOPs n/a for " + ", ".join(f"{_count(n, 'model')} of stage {s}" for s, n in
+                                                     sorted(untrained.items()))
+                 + " (logged only by a training run whose every layer the counter could count).")
+    return text
+
+
+def groups_note(cmp: Comparison) -> str | None:
+    """Several groups: the same model may appear once per group, measured in each."""
+    if len(cmp.groups) < 2:
+        return None
+    seen: dict[tuple, set] = {}
+    for r in cmp.rows:
+        seen.setdefault((r["experiment"], r["model"], r["stage"]), set()).add(r["group"])
+    repeated = sum(1 for g in seen.values() if len(g) > 1)
+    if not repeated:
+        return None
+    return (f"{_count(repeated, 'model')} {'appears' if repeated == 1 else 'appear'} in more than one of the "
+            f"{len(cmp.groups)} groups, each with its "
+            "own measurement: one group's reading can be on a front while another's is not. Differences between "
+            "groups come from changed code or params, or from measurement noise; `--dvc-exp` or `--commit` "
+            "selects one group.")
+
+
+def notes(cmp: Comparison) -> list[str]:
+    """The report's "How to read it": definitions, and every statement about the data computed from it."""
+    out = [
+        method_note(cmp),
+        energy_note(cmp),
+        "**Pareto front** (letters: T training, I inference, S search + training): no other model is at least as "
+        "accurate and at most as costly, with one of the two strictly better. Equal energies: only the most "
+        "accurate can be on the front; equal accuracies: only the cheapest; exact duplicates are all on it or "
+        f"all off it. Models whose energy was not measured take no part ({_axis_gaps(cmp)}).",
+        f"**Knee** {KNEE}: the front model nearest the ideal corner (best accuracy of the front at its least "
+        "energy), accuracy scaled to [0, 1] and energy to [0, 1] on a log scale over the front; ties go to the "
+        "cheaper model.",
+        flops_note(cmp),
+    ]
+    groups = groups_note(cmp)
+    if groups:
+        out.append(groups)
+    return out
 
 
 def markdown(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section] = ()) -> str:
@@ -157,7 +304,7 @@ def markdown(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section
         lines.append("")
     for sec in extra:
         lines += [f"## {sec.title}", "", sec.markdown.strip(), ""]
-    lines += ["## How to read it", ""] + [f"- {n}" for n in NOTES] + [""]
+    lines += ["## How to read it", ""] + [f"- {n}" for n in notes(cmp)] + [""]
     return "\n".join(lines)
 
 
@@ -222,7 +369,8 @@ def html_page(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Sectio
     for fig in figures:
         parts.append(f'<figure><img src="{data_uri(fig.path)}" alt="{e(fig.caption)}">'
                      f"<figcaption>{e(fig.caption)}</figcaption></figure>")
-    parts.append("<h2>Per family</h2><p>Bold rows: on at least one Pareto front; grey rows: dominated on every axis.</p>")
+    parts.append("<h2>Per family</h2><p>Bold rows: on at least one Pareto front; "
+                 "grey rows: on none (dominated, or not measured).</p>")
     head = "".join(f"<th>{e(t)}</th>" for _, t, _ in COLUMNS)
     for family, rows in _by_family(cmp).items():
         parts.append(f"<h3>{e(family)}</h3><table><thead><tr>{head}</tr></thead><tbody>")
@@ -234,6 +382,6 @@ def html_page(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Sectio
     for sec in extra:
         parts.append(f"<h2>{e(sec.title)}</h2>{_embed_images(_md_to_html(sec.markdown), sec.base)}")
     parts.append("<h2>How to read it</h2><ul>")
-    parts += [f"<li>{_inline_md(n)}</li>" for n in NOTES]
+    parts += [f"<li>{_inline_md(n)}</li>" for n in notes(cmp)]
     parts.append("</ul></body></html>")
     return "\n".join(parts)

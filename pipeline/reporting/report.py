@@ -19,8 +19,8 @@ page renders them): ``write_outputs(cmp, out, extra_sections=[Section("Compressi
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pipeline import paths
 from pipeline.config import Params

@@ -9,10 +9,10 @@ doubled the query's time here.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from pipeline.config import TrackingCfg
 from pipeline.data.sources import DataError
@@ -40,7 +40,10 @@ class RunRecord:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside the block (back on after, if it was on): the
+    one pause for the reporting side's bursts of short-lived objects (this module's query, the
+    whole ``compare`` command). Nests: an inner pause leaves an outer one in force."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -84,7 +87,7 @@ def read_runs(cfg: TrackingCfg, experiments: list[str] | None = None, filter_: s
     client, uri = _client(cfg)
     from mlflow.entities import ViewType
 
-    with _gc_paused():
+    with gc_paused():
         known = {e.name: e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
         if all_experiments:
             names = sorted(known)

@@ -13,27 +13,36 @@ import torch
 from pipeline.data.prepare import Prepared
 
 
-class TensorBatches:
-    """Iterable of (x, y) mini-batches sliced from in-memory tensors; reshuffled every pass."""
+class Batches:
+    """Iterable of mini-batches sliced from aligned in-memory tensors (x, y and whatever rides
+    along, such as a teacher's logits), as tuples; reshuffled every pass by a seeded generator,
+    so the same seed gives the same order whatever tensors ride along. The one batching of the
+    train stage, the search's trials and the compress stage's fine-tuning and distillation."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-        self.x, self.y = x, y
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0):
+        self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.y) / self.batch_size)
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
 
     def __iter__(self):
-        n = len(self.y)
+        n = len(self.tensors[0])
+        tensors = self.tensors
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator)
-            x, y = self.x[order], self.y[order]
-        else:
-            x, y = self.x, self.y
+            tensors = tuple(t[order] for t in tensors)
         for i in range(0, n, self.batch_size):
-            yield x[i:i + self.batch_size], y[i:i + self.batch_size]
+            yield tuple(t[i:i + self.batch_size] for t in tensors)
+
+
+class TensorBatches(Batches):
+    """(x, y) mini-batches: ``Batches((x, y), ...)``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+        super().__init__((x, y), batch_size, shuffle, seed)
 
 
 def split_tensors(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,15 +7,15 @@ baseline training run.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import resource
 import sys
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -26,6 +26,7 @@ from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
+from pipeline.models.saved import SPEC, save_model
 from pipeline.tracking import Run, base_tags, tracked_run
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         result.best_checkpoint = ckpt.best_model_path
     else:  # val/acc never gave a finite value to compare: keep the last weights, say so
         log.warning("%s: no best checkpoint was saved (val/acc never finite); exporting the last weights", family)
-    torch.save(module.model.cpu().state_dict(), out_dir / "model.pt")
-    (out_dir / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    save_model(out_dir, module.model.cpu(), spec)
 
     epochs_run = len(recorder.history)
     n_train, n_val = card["num_samples"]["train"], card["num_samples"]["val"]
@@ -228,17 +228,15 @@ def export_run(result: FitResult, run: Run, family: str, variant: str, card: dic
     write_history(result.history, history_path)
     run_info = {"run_id": run.run_id, "family": family, "variant": variant, "energy": result.energy.to_dict(),
                 "flops_note": result.profile.flops_note, "data_sha256": card["sha256"], **(extra or {})}
-    (out_dir / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
-    for artifact in (result.best_checkpoint, out_dir / "spec.json", history_path):
+    paths.write_json(run_info, out_dir / "run.json")
+    for artifact in (result.best_checkpoint, out_dir / SPEC, history_path):
         if artifact:
             run.log_artifact(artifact)
     run.log_dict(card, "data_card.json")
     run.log_dict(result.energy.to_dict(), "energy.json")
 
 
-def write_metrics(metrics: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+write_metrics = paths.write_json  # the stages' name for the one JSON writer (tune, sweep)
 
 
 def train_family(params: Params, family: str, meter: EnergyMeter | None = None,

@@ -38,6 +38,15 @@ class Objective:
         return PyTorchLightningPruningCallback(trial, monitor="val/acc")
 
     def __call__(self, trial: optuna.Trial):
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:
+            # Wherever in the trial the interrupt was raised (its run's end included), Optuna marks
+            # the trial FAIL; this mark lets a resumed study retry it and not count it.
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            raise
+
+    def _run(self, trial: optuna.Trial):
         if self.n_trials is not None:
             try:
                 claim(trial.study, trial.number, self.n_trials)
@@ -71,9 +80,7 @@ class Objective:
                 state = "PRUNED"
                 raise
             except KeyboardInterrupt:
-                # Optuna marks the trial FAIL; the tag lets a resumed study retry it and not count it.
                 state = "INTERRUPTED"
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
                 raise
             finally:
                 energy = result.energy

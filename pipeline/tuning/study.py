@@ -4,13 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import optuna
 
 from pipeline import paths
 from pipeline.config import Params
+from pipeline.pareto import knee, pareto_front
 
 ENERGY_ATTR = "energy_kwh"
 INTERRUPTED_ATTR = "interrupted"  # a trial ended by Ctrl-C/SIGTERM: retried on resume, not counted
@@ -56,26 +56,23 @@ class StaleTrialCallback:
 def fail_silent_trials(study: optuna.Study, grace_s: float) -> list[int]:
     """Fail (and retry, like stale ones) RUNNING trials that never recorded a heartbeat and
     started more than ``grace_s`` ago: a worker killed between asking for its trial and its
-    first heartbeat. Optuna's own ``fail_stale_trials`` only looks at trials with a heartbeat."""
+    first heartbeat. Optuna's own ``fail_stale_trials`` only looks at trials with a heartbeat.
+    Optuna's public API cannot find such trials: the private parts used are in ``private_api``."""
     import datetime
 
-    from sqlalchemy import text
+    from pipeline import private_api
 
-    # Optuna wraps its RDBStorage in a cache; the backend holds the engine (schema of Optuna 5).
-    rdb = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(rdb, optuna.storages.RDBStorage):
+    storage = private_api.study_storage(study)
+    rdb = private_api.rdb_storage(storage)
+    if rdb is None:
         return []
-    storage = study._storage
-    with rdb.engine.connect() as con:
-        rows = con.execute(text(
-            "SELECT t.trial_id, t.datetime_start FROM trials t WHERE t.study_id = :sid AND t.state = 'RUNNING' "
-            "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)"),
-            {"sid": study._study_id}).fetchall()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    silent = private_api.trials_without_heartbeat(rdb, study_id)
     cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace_s)
     failed = []
-    for trial_id, started in rows:
-        started = datetime.datetime.fromisoformat(str(started)) if not isinstance(started, datetime.datetime) else started
-        if started > cutoff:
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        if trial_id not in silent or t.datetime_start is None or t.datetime_start > cutoff:
             continue
         try:
             if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
@@ -83,7 +80,7 @@ def fail_silent_trials(study: optuna.Study, grace_s: float) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished meanwhile: alive after all
         frozen = storage.get_trial(trial_id)
-        callback = rdb.get_failed_trial_callback()
+        callback = rdb.get_heartbeat_stale_trial_callback()
         if callback is not None:
             callback(study, frozen)
         failed.append(frozen.number)
@@ -93,12 +90,8 @@ def fail_silent_trials(study: optuna.Study, grace_s: float) -> list[int]:
 def open_storage(url: str, heartbeat_s: float = 10.0, tracking=None):
     """RDB storage with a heartbeat: a worker killed mid-trial leaves its trial RUNNING only
     until the grace period (3 heartbeats) passes; the trial is then failed and retried once."""
-    if url.startswith("sqlite:///"):
-        from pipeline.filelock import locked
-
-        with locked(Path(url.removeprefix("sqlite:///")).parent / ".init.lock"):
-            return _rdb_storage(url, heartbeat_s, tracking)
-    return _rdb_storage(url, heartbeat_s, tracking)
+    with paths.store_lock(url):  # creating the schema: one process at a time
+        return _rdb_storage(url, heartbeat_s, tracking)
 
 
 def _rdb_storage(url: str, heartbeat_s: float, tracking):
@@ -234,36 +227,28 @@ class EnergyBudget:
             study.stop()
 
 
-def knee(points: list[tuple[float, float]]) -> int:
-    """Index of the Pareto point nearest the ideal (max accuracy, min energy), both axes scaled
-    to [0, 1] over the given points; ties go to the lower energy."""
-    accs = [p[0] for p in points]
-    ens = [p[1] for p in points]
-
-    def scale(v, lo, hi):
-        return 0.0 if hi == lo else (v - lo) / (hi - lo)
-
-    def dist(i):
-        a = 1 - scale(accs[i], min(accs), max(accs))
-        e = scale(ens[i], min(ens), max(ens))
-        return (a * a + e * e, ens[i])
-
-    return min(range(len(points)), key=dist)
-
-
 def select_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.FrozenTrial, list[optuna.trial.FrozenTrial]]:
-    """(chosen trial, Pareto set). Single objective: the best trial. Multi-objective: by
-    ``tune.search.select``."""
+    """(chosen trial, Pareto set). Single objective: the best trial. Multi-objective (val/acc
+    maximised, energy minimised): the front of the completed trials and, by
+    ``tune.search.select``, its most accurate trial or its knee, both as ``pipeline.pareto``
+    defines them for the report too (log-scaled energy). The front is sorted by energy."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"study {study.study_name}: no trial completed, nothing to select "
                            f"({len(study.trials)} trials: see their MLflow runs for errors)")
     if len(study.directions) == 1:
         return study.best_trial, [study.best_trial]
-    front = sorted(study.best_trials, key=lambda t: t.values[1])
+    if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]:
+        raise ValueError(f"study {study.study_name}: directions {study.directions}; expected (maximize val/acc, "
+                         "minimize energy)")
+    points = [(t.values[0], t.values[1]) for t in complete]
+    on_front = pareto_front(points)
+    if not on_front:
+        raise RuntimeError(f"study {study.study_name}: no completed trial has finite objective values")
+    front = [complete[i] for i in on_front]
     if params.tune.search.select == "accuracy":
         return max(front, key=lambda t: (t.values[0], -t.values[1])), front
-    return front[knee([(t.values[0], t.values[1]) for t in front])], front
+    return complete[knee(points, on_front)], front
 
 
 def trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -271,6 +256,4 @@ def trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
             "energy_kwh": t.user_attrs.get(ENERGY_ATTR), "duration_s": t.user_attrs.get("duration_s")}
 
 
-def write_json(data: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+write_json = paths.write_json  # tune.py's name for the one JSON writer (study.json)

@@ -27,6 +27,8 @@ from pipeline.tuning import study as st
 from pipeline.tuning.space import baseline_point, split_params
 
 log = logging.getLogger(__name__)
+# How long an interrupted command waits for its worker processes to end their trials.
+WORKER_EXIT_S = 8
 
 
 def _quiet_optuna() -> None:
@@ -87,7 +89,7 @@ def run_worker(params: Params, family: str, url: str, worker: int, n_workers: in
         # fails those and queues them again, and the loop above runs them here.
         if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             return
-        time.sleep(search.heartbeat_s)
+        interrupts.sleep(search.heartbeat_s)
         optuna.storages.fail_stale_trials(study)
         st.fail_silent_trials(study, grace_s=3 * search.heartbeat_s)
 
@@ -133,14 +135,10 @@ def _save_plots(study, multi: bool, out: Path) -> list[Path]:
     return saved
 
 
-def _parent_lock(url: str):
+def _parent_lock(url: str) -> contextlib.AbstractContextManager:
     """A file lock beside a SQLite study storage. Workers on other machines (PostgreSQL) start
     after the first command has created the study's run, or each make one (documented)."""
-    if url.startswith("sqlite:///"):
-        from pipeline.filelock import locked
-
-        return locked(Path(url.removeprefix("sqlite:///")).parent / ".parent-run.lock")
-    return contextlib.nullcontext()
+    return paths.store_lock(url, ".parent-run.lock")
 
 
 def _parent_run_id(params: Params, study) -> str | None:
@@ -219,6 +217,11 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
                 for p in procs:  # SIGTERM: each worker ends its trial as interrupted, then exits
                     if p.is_alive():
                         p.terminate()
+                for p in procs:
+                    p.join(WORKER_EXIT_S)
+                    if p.is_alive():  # no safe point reached in time: its trial goes stale, is retried
+                        log.warning("search worker %s did not stop within %d s: killed", p.pid, WORKER_EXIT_S)
+                        p.kill()
                 raise
             finally:
                 for p in procs:

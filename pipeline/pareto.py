@@ -1,6 +1,9 @@
-"""Pareto front of (quality to maximise, cost to minimise) points, and its knee.
+"""Pareto front of (quality to maximise, cost to minimise) points, and its knee: the one
+definition of both, used by the search's choice of trial (``tuning.study.select_trial``: val/acc
+against energy in kWh), the report (``reporting.compare``: test accuracy against each energy
+axis) and the compression section (``compression.summary``: accuracy against energy and size).
 
-Rules, stated once (tests/test_compare.py holds them to it):
+Rules, stated once (tests/test_pareto.py holds them to it):
 
 - A point **dominates** another when its quality is >= and its cost is <=, with at least one of
   the two strict. The front is every point no other point dominates.
@@ -14,21 +17,29 @@ Rules, stated once (tests/test_compare.py holds them to it):
 
 The **knee** is the front point nearest the ideal corner (the front's best quality at the
 front's least cost), with quality scaled linearly to [0, 1] over the front and cost scaled to
-[0, 1] on a log10 scale over the front (energies of the families differ by orders of magnitude, and
-the report draws them on log axes; a linear scale would crush every cheap model onto 0). Ties go
-to the cheaper point, then the more accurate one, then the first given.
+[0, 1] on a log10 scale over the front. Ties go to the cheaper point, then the more accurate one,
+then the first given.
+
+Why log10 for cost, for the report and the search alike: energies differ by orders of magnitude
+(families in the report; in a search, trials of different widths, depths and batch sizes,
+stopped early or not, differ by large factors too), and what a cheaper model is worth is the
+*factor* it saves, not the joules. On a linear scale one expensive point crushes every cheap one
+onto 0, and the knee degenerates into "the most accurate of the cheap ones", whatever their
+factors. The report draws energy on log axes, so the starred knee is the point nearest the
+corner as the reader sees it. The log needs costs > 0: if any front cost is <= 0 (callers leave
+unmeasured energy out), the knee falls back to a linear scale.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _usable(q, c) -> bool:
     return q is not None and c is not None and math.isfinite(q) and math.isfinite(c)
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[int]:
     """Indices of the points no other point dominates, sorted by cost, then by quality
     descending, then by index. O(n log n): one pass in order of increasing cost."""
     order = sorted((i for i, (q, c) in enumerate(points) if _usable(q, c)),
@@ -49,14 +60,13 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def knee(points: Sequence[tuple[float, float]], front: Sequence[int] | None = None,
-         log_cost: bool = True) -> int | None:
+def knee(points: Sequence[tuple[float | None, float | None]], front: Sequence[int] | None = None) -> int | None:
     """Index (into ``points``) of the knee of the front (see the module's rule); None when the
-    front is empty. Costs must be > 0 for the log scale; otherwise a linear scale is used."""
+    front is empty. ``front``: the points' front if already computed (``pareto_front(points)``)."""
     front = list(pareto_front(points) if front is None else front)
     if not front:
         return None
-    log_cost = log_cost and all(points[i][1] > 0 for i in front)
+    log_cost = all(points[i][1] > 0 for i in front)
     qs = [points[i][0] for i in front]
     cs = [math.log10(points[i][1]) if log_cost else points[i][1] for i in front]
 
