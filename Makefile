@@ -17,7 +17,7 @@ pipeline: install
 ## The browser tests drive the system Chromium (install sets it up as root or with sudo) and fail without it.
 test: install
 	ruff check .
-	python -m pytest -m ""
+	python -m pytest -m "" -n 2 --dist loadscope
 
 ## Quick loop while developing: skips the slow and the browser tests (pyproject's default markers).
 test-fast: install

@@ -28,6 +28,33 @@ TINY = {
 }
 
 
+def make_dvc_repo(d: Path, overrides: dict):
+    """A git + DVC repo in ``d`` with this project's code, dvc.yaml and params.yaml with
+    ``overrides`` merged on top; returns (the environment to run dvc in, git with an identity)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.config import deep_merge
+
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "pipeline", d / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    raw = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=d, env=env, check=True, capture_output=True, timeout=120)
+    return env, git
+
+
 def tiny_raw(**overrides) -> dict:
     import copy
 
@@ -69,6 +96,13 @@ def meter():
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Workers side by side: one torch thread each, for them and the processes they start
+        # (two processes taking every core each ran 24-35x slower on 2 cores).
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def sqlite_count(db: Path, sql: str) -> int:

@@ -2,20 +2,21 @@
 import csv
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ROOT, tiny_raw
+from pipeline.models.family import get_family
+
+from .conftest import make_dvc_repo, tiny_raw
 
 # The module fixture runs the whole `dvc repro` (2-4 minutes on 2 cores) inside the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-FAMILIES = ["mlp", "cnn", "rnn", "transformer"]
+# Two families, one with static int8 kernels and one without: the stage wiring is the same for every
+# family (tests/test_family_plugin.py runs a fifth one through every stage in-process).
+FAMILIES = ["mlp", "rnn"]
 SWEEP_STAGE = "sweep@mlp-0.5-1"  # conftest's TINY sweeps mlp at half width
 
 
@@ -26,31 +27,10 @@ def sh(cmd, cwd, env, check=True):
     return out
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
-    shutil.copytree(ROOT / "pipeline", d / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
-    raw = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), tiny_raw())
-    raw["families"] = FAMILIES
-    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    sh(["git", "init", "-q"], d, env)
-    sh(["dvc", "init", "-q"], d, env)
-    sh(["dvc", "config", "core.analytics", "false"], d, env)
-    (d / ".gitignore").write_text("/mlruns/\n__pycache__/\n")
-    sh(git + ["add", "-A"], d, env)
-    sh(git + ["commit", "-qm", "init"], d, env)
+    env, git = make_dvc_repo(d, {**tiny_raw(), "families": FAMILIES})
     first = sh(["dvc", "repro"], d, env)
     return d, env, git, first
 
@@ -89,23 +69,26 @@ def test_repro_runs_every_stage_and_tracks_every_run(repo):
     assert all(r.info.status == "FINISHED" for r in runs)
     by_role = {}
     compress_runs = [r for r in runs if r.data.tags["stage"] == "compress"]
-    # quant_dynamic, quant_static (mlp, cnn), prune_global, prune_structured, distill, scratch
-    assert len(compress_runs) == 6 + 6 + 5 + 5
+    # quant_dynamic, quant_static (where the family has static int8 kernels), prune_global,
+    # prune_structured, distill, scratch
+    expected = {f: 6 if get_family(f).static_int8_unsupported is None else 5 for f in FAMILIES}
+    assert len(compress_runs) == sum(expected.values())
     for r in compress_runs:
         assert r.data.tags["variant"] == f"{r.data.tags['technique']}-{r.data.tags['level']}"
         assert "test/acc" in r.data.metrics and r.data.tags["source_run_id"]
     for f in FAMILIES:
         c = json.loads((d / "metrics" / "compress" / f"{f}-baseline.json").read_text())
-        assert c["reference"]["energy_per_1k_j"] > 0 and len(c["variants"]) == (6 if f in ("mlp", "cnn") else 5)
+        assert c["reference"]["energy_per_1k_j"] > 0 and len(c["variants"]) == expected[f]
     (sweep,) = [r for r in runs if r.data.tags["stage"] == "sweep"]
     assert sweep.data.tags["variant"] == "sweep-w0.5-d1" and "test/acc" in sweep.data.metrics
     for r in runs:
         if r.data.tags["stage"] in ("compress", "sweep"):
             continue
         by_role.setdefault((r.data.tags["stage"], r.data.tags.get("role", r.data.tags.get("variant"))), []).append(r)
+    n = len(FAMILIES)
     assert {k: len(v) for k, v in by_role.items()} == {
-        ("train", "baseline"): 4, ("train", "refit"): 4, ("tune", "study"): 4, ("tune", "trial"): 8,
-        ("evaluate", "baseline"): 4, ("evaluate", "tuned"): 4}
+        ("train", "baseline"): n, ("train", "refit"): n, ("tune", "study"): n, ("tune", "trial"): 2 * n,
+        ("evaluate", "baseline"): n, ("evaluate", "tuned"): n}
     for r in runs:
         if r.data.tags.get("role") != "study":
             assert r.data.metrics["energy/total_j"] > 0 and r.data.tags["energy_method"].startswith("cpu=")
@@ -172,61 +155,3 @@ def test_dvc_plots_metrics_diff_and_compare_across_experiments(repo):
     assert "compared" in out
     md = (d / "compare-all" / "report.md").read_text()
     assert "width-exp" in md and "commit " in md  # the experiment beside the committed workspace runs
-
-
-def _trials(d, study):
-    """(number, state) of the trials of one study, read straight from the SQLite store."""
-    import sqlite3
-
-    db = d / "optuna" / "studies.db"
-    if not db.is_file():
-        return []
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return con.execute("SELECT t.number, t.state FROM trials t JOIN studies s ON t.study_id = s.study_id "
-                           "WHERE s.study_name = ? ORDER BY t.number", (study,)).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
-def test_interrupted_repro_resumes_the_study(repo):
-    """Ctrl-C (SIGINT to the process group) while `dvc repro` runs a study; the next `dvc repro`
-    continues that study: earlier trials kept, N trials counted in the end, no run left RUNNING."""
-    import signal
-    import time
-
-    d, env, git, _ = repo
-    params = yaml.safe_load((d / "params.yaml").read_text())
-    params["tune"]["search"]["n_trials"] = 5  # the same study (budget is not its identity), 3 more trials
-    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    study = json.loads((d / "models" / "mlp" / "tuned" / "study.json").read_text())["study"]
-    before = _trials(d, study)
-    assert len(before) == 2
-    proc = subprocess.Popen(["dvc", "repro", "tune@mlp"], cwd=d, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(_trials(d, study)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sent = time.monotonic()
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"dvc repro still running 60 s after Ctrl-C:\n{proc.communicate()[0]}")
-    assert time.monotonic() - sent < 10, f"dvc repro took {time.monotonic() - sent:.1f} s to exit after Ctrl-C"
-    assert proc.returncode != 0, out
-    assert _trials(d, study)[:2] == before
-
-    sh(["dvc", "repro", "tune@mlp"], d, env)
-    trials = _trials(d, study)
-    assert trials[:2] == before
-    metrics = json.loads((d / "metrics" / "tune" / "mlp.json").read_text())
-    # Five counted trials; an interrupted one (if the signal hit a trial) is retried, not counted.
-    assert metrics["trials_counted"] == 5 and metrics["trials"] == 5 + metrics["trials_interrupted"], metrics
-    assert "RUNNING" not in {s for _, s in trials}
-    client = _client(d)
-    runs = client.search_runs([client.get_experiment_by_name("energy-pipeline").experiment_id])
-    assert "RUNNING" not in {r.info.status for r in runs}

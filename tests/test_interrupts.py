@@ -34,7 +34,7 @@ from pipeline.tracking import client_for
 from pipeline.training.train import train_family
 from pipeline.tuning import study as st
 
-from .conftest import tiny_raw
+from .conftest import make_dvc_repo, sqlite_count, tiny_raw
 
 pytestmark = pytest.mark.slow
 HOOK = Path(__file__).parent / "signal_hook"
@@ -43,8 +43,8 @@ N_TRIALS = 2
 
 
 def _raw() -> dict:
-    raw = tiny_raw(**{"train.max_epochs": 3})
-    raw["tune"]["search"].update({"n_trials": N_TRIALS, "max_epochs": 2, "pruner": "none"})
+    raw = tiny_raw(**{"train.max_epochs": 2})
+    raw["tune"]["search"].update({"n_trials": N_TRIALS, "max_epochs": 1, "pruner": "none"})
     raw["tune"]["space"] = {"train": {"lr": {"low": 0.001, "high": 0.01, "log": True}}, "mlp": {"width": [16, 32]}}
     return raw
 
@@ -128,6 +128,7 @@ def _outputs(command: str, family: str = "mlp") -> list[Path]:
 
 CASES = {
     # name: (command, SIGNAL_AT hook or None, delay of a signal from outside)
+    # Every case runs the command again afterwards (a search must then count exactly N trials).
     "startup": ("train", None, 0.3),
     "startup-late": ("tune", None, 2.5),
     "training-epoch": ("train", "pipeline.training.callbacks:EpochRecorder.on_train_epoch_end:before", None),
@@ -187,3 +188,45 @@ def test_ctrl_c_exits_fast_kills_runs_and_resumes(base, tmp_path, case, monkeypa
         assert st.trials_done(_study(d, params)) == N_TRIALS
     for p in _outputs(command):
         assert p.exists(), p
+
+
+def _trial_count(d: Path) -> int:
+    """Trials in the repo's study store, read-only while another process writes it (0 before it exists)."""
+    return sqlite_count(d / "optuna" / "studies.db", "SELECT count(*) FROM trials")
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_on_dvc_repro_exits_fast_and_the_next_repro_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the process group of `dvc repro`, as a terminal sends it) while a search
+    runs its second trial: `dvc repro` exits within 10 s; the next `dvc repro` continues the same
+    study to exactly N counted trials, the interrupted one retried, nothing left RUNNING."""
+    d = tmp_path / "repo"
+    raw = {**_raw(), "families": ["mlp"]}
+    raw["tune"]["search"]["n_trials"] = 4
+    env, _ = make_dvc_repo(d, raw)
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(["dvc", "repro", "tune@mlp"], cwd=d, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _trial_count(d) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"dvc repro still running 60 s after Ctrl-C:\n{proc.communicate()[0]}")
+    assert time.monotonic() - sent < EXIT_WITHIN_S, f"dvc repro took {time.monotonic() - sent:.1f} s to exit"
+    assert proc.returncode != 0, out
+    assert _trial_count(d) >= 2, out
+
+    again = subprocess.run(["dvc", "repro", "tune@mlp"], cwd=d, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    metrics = json.loads((d / "metrics" / "tune" / "mlp.json").read_text())
+    # The second trial was running when the signal came: it is marked interrupted and run again.
+    assert metrics["trials_interrupted"] >= 1, metrics
+    assert metrics["trials_counted"] == 4 and metrics["trials"] == 4 + metrics["trials_interrupted"], metrics
+    assert sqlite_count(d / "optuna" / "studies.db", "SELECT count(*) FROM trials WHERE state = 'RUNNING'") == 0
+    db = d / "mlruns" / "mlflow.db"
+    assert sqlite_count(db, "SELECT count(*) FROM runs WHERE status = 'RUNNING'") == 0
