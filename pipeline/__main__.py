@@ -1,9 +1,14 @@
-# Record Ctrl-C / SIGTERM from the very start: a signal during the imports below is then honoured
-# at the command's first safe point instead of raising inside whichever import is running.
+# Handle Ctrl-C / SIGTERM from the very start: a signal during the imports below ends the
+# command at once, with exit status 130 and no traceback.
+import sys
+
 from pipeline import interrupts
 
 interrupts.install()
-
-from pipeline.cli import main  # noqa: E402
+try:
+    from pipeline.cli import main
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 raise SystemExit(main())

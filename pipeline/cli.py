@@ -215,12 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    args = build_parser().parse_args(argv)
     from pipeline import interrupts
 
     interrupts.install(forget=False)  # SIGTERM ends runs like Ctrl-C: KILLED in MLflow, exit 130
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    created = [p for p in _outputs(args) if not p.exists()]
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        created = [p for p in _outputs(args) if not p.exists()]
+    except KeyboardInterrupt:  # start-up: nothing was written yet
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     code = EXIT_FAILED
     try:
         code = _run(args)
@@ -279,7 +283,7 @@ def _run(args) -> int:
         if isinstance(err, DataError):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        from pipeline.training.module import NonFiniteLoss
+        from pipeline.errors import NonFiniteLoss
 
         if isinstance(err, NonFiniteLoss):  # the MLflow run is FAILED with this error as its tag
             print(f"error: {err}", file=sys.stderr)

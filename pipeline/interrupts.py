@@ -1,10 +1,13 @@
 """Ctrl-C and SIGTERM as a request to stop, honoured at safe points.
 
-The handlers only *record* the signal; :func:`check` raises :class:`Interrupted` (a
-``KeyboardInterrupt``) at points where every layer can end its work the same way: each training
-step, before each trial, between inference passes, when a tracked run ends. MLflow runs then end
-KILLED with the energy measured so far, Optuna's trial ends FAIL marked interrupted (retried and
-not counted on resume), and the CLI exits 130 leaving no half-written output.
+Two phases. During start-up (imports, reading params and data) nothing needs ending yet: a signal
+raises :class:`Interrupted` (a ``KeyboardInterrupt``) at once, so the command exits without
+waiting for its imports. From :func:`defer` on (called when a command first opens a store: the
+MLflow client, an Optuna storage) the handlers only *record* the signal, and :func:`check` raises
+it at points where every layer can end its work the same way: each training step, before each
+trial, between inference passes, when a tracked run starts or ends. MLflow runs then end KILLED
+with the energy measured so far, Optuna's trial ends FAIL marked interrupted (retried and not
+counted on resume), and the CLI exits 130 leaving no half-written output.
 
 Why not raise from the handler, as Python does by default: an exception raised at an arbitrary
 bytecode lands, sooner or later, inside a library's critical section. Two such landings broke
@@ -30,6 +33,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: str | None = None
+_deferred = False
 _event = threading.Event()
 
 
@@ -38,6 +42,17 @@ def _record(signum, frame) -> None:
     if _received is None:
         _received = signal.Signals(signum).name
     _event.set()
+    if not _deferred:  # start-up: nothing to end cleanly yet
+        raise Interrupted(_received)
+
+
+def defer() -> None:
+    """From now on signals are only recorded and raised by :func:`check` (call before opening a
+    store or starting anything that must be ended: a run, a study, a worker). Raises at once if a
+    signal came before (its exception may have been swallowed, e.g. inside a ``__del__``)."""
+    global _deferred
+    _deferred = True
+    check()
 
 
 def received() -> str | None:
@@ -66,9 +81,10 @@ def _register() -> None:
 def install(forget: bool = True) -> None:
     """Record SIGINT and SIGTERM in this process (main thread only). ``forget``: at the start of a
     process, drop a signal recorded earlier (a command run again in the same test process)."""
-    global _received
+    global _received, _deferred
     if forget:
         _received = None
+        _deferred = False
         _event.clear()
     _register()
 

@@ -194,6 +194,7 @@ def _experiment_id(client, cfg: TrackingCfg, uri: str) -> str:
 def client_for(cfg: TrackingCfg):
     from mlflow.tracking import MlflowClient
 
+    interrupts.defer()  # from the first store on, a signal ends what was started, at a safe point
     uri = tracking_uri(cfg)
     # Creating the client creates or migrates a SQLite store's schema: one process at a time.
     with paths.store_lock(uri):

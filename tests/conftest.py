@@ -127,3 +127,15 @@ def chromium():
 
     with launch() as browser:
         yield browser
+
+
+@pytest.fixture(autouse=True)
+def _signals_restored():
+    """Stage code run in-process installs the pipeline's SIGINT/SIGTERM handlers; give pytest its
+    own back after each test, so Ctrl-C still stops the test run."""
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

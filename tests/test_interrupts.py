@@ -49,7 +49,7 @@ def _raw() -> dict:
     return raw
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def base(tmp_path_factory, meter):
     """Prepared data and a trained MLP baseline (for evaluate), copied into each case's folder."""
     d = tmp_path_factory.mktemp("interrupts-base")

@@ -12,6 +12,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from pipeline import interrupts
 from pipeline.config import TrainCfg
+from pipeline.errors import NonFiniteLoss
 
 
 def build_optimizer(params, cfg: TrainCfg) -> torch.optim.Optimizer:
@@ -24,10 +25,6 @@ def build_optimizer(params, cfg: TrainCfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 class Classifier(pl.LightningModule):

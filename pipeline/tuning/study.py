@@ -8,7 +8,7 @@ from typing import Any
 
 import optuna
 
-from pipeline import paths
+from pipeline import interrupts, paths
 from pipeline.config import Params
 from pipeline.pareto import knee, pareto_front
 
@@ -90,6 +90,7 @@ def fail_silent_trials(study: optuna.Study, grace_s: float) -> list[int]:
 def open_storage(url: str, heartbeat_s: float = 10.0, tracking=None):
     """RDB storage with a heartbeat: a worker killed mid-trial leaves its trial RUNNING only
     until the grace period (3 heartbeats) passes; the trial is then failed and retried once."""
+    interrupts.defer()  # from the first store on, a signal ends what was started, at a safe point
     with paths.store_lock(url):  # creating the schema: one process at a time
         return _rdb_storage(url, heartbeat_s, tracking)
 

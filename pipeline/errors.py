@@ -1,0 +1,6 @@
+"""Failures the CLI reports as one clear line (no traceback), importable without torch."""
+from __future__ import annotations
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or infinite."""
