@@ -9,10 +9,48 @@ def run_cli(*args, cwd):
 
 
 def test_help_lists_the_stages(workdir):
+    """Every stage of dvc.yaml is a command of the CLI: ``--help`` lists it, and the command line
+    dvc.yaml runs for it parses, for every value of its matrix (from params.yaml), into that
+    command with those values, so a renamed command or option fails here, not in ``dvc repro``."""
+    import itertools
+    import re
+    import shlex
+
+    import yaml
+
+    from pipeline.cli import build_parser
+
+    from .conftest import ROOT
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def resolve(value):  # a matrix entry: a list, or ${dotted.key} of params.yaml
+        if isinstance(value, str):
+            node = params
+            for key in re.fullmatch(r"\$\{(.+)\}", value).group(1).split("."):
+                node = node[key]
+            return node
+        return value
+
     out = run_cli("--help", cwd=workdir)
     assert out.returncode == 0
-    for stage in ("prepare", "train", "evaluate", "report"):
-        assert stage in out.stdout
+    listed = set(re.findall(r"^ {4}(\w+)\s", out.stdout, re.MULTILINE))
+    assert set(dvc) <= listed, set(dvc) - listed
+    parsed = 0
+    for stage, spec in dvc.items():
+        matrix = {k: resolve(v) for k, v in spec.get("matrix", {}).items()}
+        for values in itertools.product(*matrix.values()):
+            item = dict(zip(matrix, values, strict=True))
+            cmd = re.sub(r"\$\{item\.(\w+)\}", lambda m, item=item: str(item[m.group(1)]), spec["cmd"])
+            argv = shlex.split(cmd)
+            assert argv[:3] == ["python", "-m", "pipeline"], cmd
+            args = build_parser().parse_args(argv[3:])
+            assert args.command == stage, cmd
+            for key, value in item.items():
+                assert str(getattr(args, key)) == str(value), (cmd, key)
+            parsed += 1
+    assert parsed >= len(dvc)
 
 
 @pytest.mark.parametrize(

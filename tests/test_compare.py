@@ -123,17 +123,40 @@ def _load(**filters):
     return load(parse_params({}), Filters(**filters))
 
 
+# The models of ``energy-pipeline`` the store holds, by (family, variant, group): the latest
+# finished run of each; the other experiment holds one more.
+MODELS = {("mlp", "baseline", "exp-a"), ("cnn", "baseline", "exp-a"), ("cnn", "tuned", "exp-a"),
+          ("mlp", "baseline", "exp-b"), ("cnn", "sweep-w0.5-d1", "exp-b"),
+          ("mlp", "quantize-dynamic", "exp-b"), ("mlp", "scratch-student", "exp-b")}
+OTHER_MODELS = {("rnn", "baseline", "exp-b")}
+
+
+def _finished_runs(root, experiment) -> int:
+    """The finished runs of ``experiment`` in the store, counted by MLflow itself."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+    return sum(r.info.status == "FINISHED" for r in runs)
+
+
+def _csv_models(path) -> set:
+    return {(r["family"], r["variant"], r["group"]) for r in csv.DictReader(path.open())}
+
+
 def _by_name(cmp):
     return {(r["family"], r["variant"], r["group"]): r for r in cmp.rows}
 
 
 def test_rows_are_evaluated_models_with_their_costs(in_store):
-    _, ids = in_store
+    """One row per model (the latest run of each), with its costs joined from its evaluate,
+    search and source runs; every finished run of the experiment is read, the failed one is not."""
+    root, ids = in_store
     cmp = _load()
     rows = _by_name(cmp)
-    assert set(rows) == {("mlp", "baseline", "exp-a"), ("cnn", "baseline", "exp-a"), ("cnn", "tuned", "exp-a"),
-                         ("mlp", "baseline", "exp-b"), ("cnn", "sweep-w0.5-d1", "exp-b"),
-                         ("mlp", "quantize-dynamic", "exp-b"), ("mlp", "scratch-student", "exp-b")}
+    assert set(rows) == MODELS
     mlp_a = rows[("mlp", "baseline", "exp-a")]
     assert mlp_a["run_id"] == ids["mlp_a"]  # the rerun replaced the earlier run of the same model
     assert mlp_a["latency_ms_per_sample"] == 0.25  # joined from its evaluate run
@@ -145,7 +168,8 @@ def test_rows_are_evaluated_models_with_their_costs(in_store):
     assert comp["stage"] == "compress" and comp["train_energy_j"] == 125.0  # source's training + its own cost
     assert comp["flops_per_sample_inference"] is None  # not logged: n/a, never borrowed
     assert rows[("mlp", "scratch-student", "exp-b")]["train_energy_j"] == 95.0  # trained from labels: its own only
-    assert cmp.runs_read == 11  # finished runs of energy-pipeline (the FAILED one is not read)
+    # finished runs of energy-pipeline, as MLflow counts them (11 of its 12: the FAILED one is not read)
+    assert cmp.runs_read == _finished_runs(root, "energy-pipeline") == 11
 
 
 def test_fronts_and_knees_over_the_store(in_store):
@@ -189,9 +213,13 @@ def test_all_runs_keeps_reruns_and_labels_stay_unique(in_store):
 
 
 def test_report_lists_both_experiments_and_is_self_contained(in_store, tmp_path, capsys):
+    """--all-experiments: the report and its CSV hold exactly the models of both experiments;
+    the HTML embeds the very PNGs written beside it, as data URIs, and refers to no network."""
+    import base64
+
     out = tmp_path / "reports"
     assert main(["compare", "--all-experiments", "--out", str(out)]) == 0
-    assert "compared 8 models" in capsys.readouterr().out
+    assert f"compared {len(MODELS | OTHER_MODELS)} models" in capsys.readouterr().out
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     for text in (md, page):
         for name in ("exp-a", "exp-b", "energy-pipeline", "other-exp", "cnn-tuned", "mlp-quantize-dynamic"):
@@ -201,18 +229,25 @@ def test_report_lists_both_experiments_and_is_self_contained(in_store, tmp_path,
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
     assert "<script" not in page and "<link" not in page
     imgs = re.findall(r'<img src="([^"]+)"', page)
-    assert len(imgs) == 2 and all(s.startswith("data:image/png;base64,") for s in imgs)
-    for png in ("accuracy_vs_energy.png", "size_sweep.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 5000
+    assert all(s.startswith("data:image/png;base64,") for s in imgs)
+    embedded = sorted(base64.b64decode(s.removeprefix("data:image/png;base64,")) for s in imgs)
+    pngs = [(out / png).read_bytes() for png in ("accuracy_vs_energy.png", "size_sweep.png")]
+    assert embedded == sorted(pngs)  # each figure once, byte for byte
+    for png in pngs:
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     rows = list(csv.DictReader((out / "plots" / "models.csv").open()))
-    assert len(rows) == 8 and {"test_acc", "train_energy_j", "energy_per_1k_j", "obtain_energy_j", "label"} <= rows[0].keys()
+    assert _csv_models(out / "plots" / "models.csv") == MODELS | OTHER_MODELS and len(rows) == len(MODELS | OTHER_MODELS)
+    assert {"test_acc", "train_energy_j", "energy_per_1k_j", "obtain_energy_j", "label"} <= rows[0].keys()
 
 
 def test_report_stage_uses_the_default_scope(in_store):
+    """report: compare over tracking.experiment_name alone, into reports/: its models, not the
+    other experiment's."""
     root, _ = in_store
     assert main(["report"]) == 0
     md = (root / "reports" / "report.md").read_text()
-    assert "7 models" in md and "other-exp" not in md
+    assert f"{len(MODELS)} models" in md and "other-exp" not in md
+    assert _csv_models(root / "reports" / "plots" / "models.csv") == MODELS
 
 
 @pytest.mark.parametrize("args, message", [
@@ -282,7 +317,9 @@ def test_compare_command_end_to_end_in_a_fresh_process(in_store, tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipeline", "compare", "--family", "cnn", "--out", str(tmp_path / "r")],
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "compared 3 models" in out.stdout and (tmp_path / "r" / "report.html").is_file()
+    cnn = {m for m in MODELS if m[0] == "cnn"}
+    assert f"compared {len(cnn)} models" in out.stdout and (tmp_path / "r" / "report.html").is_file()
+    assert _csv_models(tmp_path / "r" / "plots" / "models.csv") == cnn
     assert time.perf_counter() - t0 < 60
 
 

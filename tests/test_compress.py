@@ -14,7 +14,7 @@ from pipeline import paths
 from pipeline.compression import prune as P
 from pipeline.compression.artifact import load_variant, save_variant
 from pipeline.compression.compress import compress_family
-from pipeline.compression.distill import DistillClassifier, distillation_loss, student_spec
+from pipeline.compression.distill import DistillClassifier, distillation_loss, student_name, student_spec
 from pipeline.compression.finetune import fit_module, train_cfg
 from pipeline.compression.quantize import quantize_dynamic, quantize_static, static_unsupported_reason
 from pipeline.compression.summary import ENERGY_PLOT, SIZE_PLOT, compression_section
@@ -22,7 +22,7 @@ from pipeline.config import ParamsError, parse_params
 from pipeline.data.prepare import prepare, save
 from pipeline.evaluation.evaluate import load_trained
 from pipeline.models.factory import ModelSpec, build_model
-from pipeline.models.family import weight_matrices
+from pipeline.models.family import families, get_family, weight_matrices
 from pipeline.tracking import client_for
 from pipeline.training.data import Batches, split_tensors
 from pipeline.training.train import train_family
@@ -64,35 +64,92 @@ def _pred(model, x):
     return model(x).argmax(1)
 
 
+def _varied(pred) -> torch.Tensor:
+    """``pred`` after checking that no class takes 85% of it (the tiny trained models: at most
+    69%, measured for base.seed 7, 1, 2), so that 90% agreement with it cannot come from a model
+    that predicts one class."""
+    share = torch.bincount(pred).max().item() / len(pred)
+    assert share < 0.85, f"the model predicts one class for {share:.0%} of the test split"
+    return pred
+
+
+def expected_variants(params, family: str) -> tuple[set[str], set[str]]:
+    """(made, skipped): the variant names params.compress asks of ``family``'s trained model,
+    split by what the families declare (``static_int8_unsupported``, ``prunable``,
+    ``pruning_units``): the stage must make the first set and skip the second, with a reason."""
+    c, fam = params.compress, get_family(family)
+    teacher, _, _ = load_trained(family)
+    made, skipped, bases = set(), set(), []
+
+    def static_ok(f):
+        return get_family(f).static_int8_unsupported is None
+
+    if "quantize" in c.techniques:
+        for mode in c.quantize.modes:
+            (made if mode == "dynamic" or static_ok(family) else skipped).add(f"quant_{mode}-int8")
+    if "prune" in c.techniques:
+        declared = {"global": bool(fam.prunable(teacher)), "structured": bool(fam.pruning_units(teacher))}
+        for kind in c.prune.kinds:
+            for sparsity in c.prune.sparsity:
+                name = f"prune_{kind}-{sparsity:g}"
+                (made if declared[kind] else skipped).add(name)
+                if kind == "structured" and declared[kind] and "prune" in c.quantize.stack:
+                    bases.append((name, family))
+    if "distill" in c.techniques:
+        s_family = family if c.distill.student_family == "same" else c.distill.student_family
+        student = student_name(s_family, c.distill.student.for_family(s_family))
+        for technique in ("distill", "scratch"):
+            made.add(f"{technique}-{student}")
+            if "distill" in c.quantize.stack:
+                bases.append((f"{technique}-{student}", s_family))
+    for base, base_family in bases:
+        for mode in c.quantize.modes:
+            (made if mode == "dynamic" or static_ok(base_family) else skipped).add(f"{base}+quant_{mode}-int8")
+    return made, skipped
+
+
 # -- quantization ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dynamic_quantization_agrees_with_the_original(in_trained, family):
+    """Dynamic int8 of every family predicts like its float model on >= 90% of the test split
+    (a float model whose predictions vary, so a constant int8 model would fail)."""
     params, prepared = in_trained
     model, _, _ = load_trained(family)
     x, _ = _test_split(prepared)
     q = quantize_dynamic(model, family)
-    assert (_pred(q, x) == _pred(model, x)).float().mean() >= 0.9
+    assert (_pred(q, x) == _varied(_pred(model, x))).float().mean() >= 0.9
 
 
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_static_quantization_agrees_and_reloads(in_trained, family, tmp_path):
+    """Static int8 (mlp, cnn) is a quantized model that predicts like its float model on >= 90%
+    of the test split, and predicts the same after save and load."""
     params, prepared = in_trained
     model, spec, _ = load_trained(family)
     x, _ = _test_split(prepared)
     calib = [split_tensors(prepared, "train")[0][i:i + 64] for i in range(0, 256, 64)]
     q = quantize_static(model, family, calib, "x86")
     assert "Quantized" in repr(q)
-    assert (_pred(q, x) == _pred(model, x)).float().mean() >= 0.9
+    assert (_pred(q, x) == _varied(_pred(model, x))).float().mean() >= 0.9
     save_variant(tmp_path, q, spec, {"quantization": "static", "engine": "x86"})
     loaded, _, _ = load_variant(tmp_path)
     assert torch.equal(_pred(loaded, x), _pred(q, x))
 
 
 def test_static_quantization_says_why_it_skips_rnn_and_transformer():
+    """The reason static int8 is skipped is the one each family declares (none for mlp and cnn),
+    and static quantization of a family that declares one refuses with that reason."""
+    for family in families():
+        assert static_unsupported_reason(family) == get_family(family).static_int8_unsupported
     assert static_unsupported_reason("mlp") is None and static_unsupported_reason("cnn") is None
     assert "GRU/LSTM" in static_unsupported_reason("rnn")
     assert "attention" in static_unsupported_reason("transformer")
+    for family, hparams in (("rnn", {"hidden_size": 8}), ("transformer", {"d_model": 8, "num_heads": 2})):
+        model = build_model(ModelSpec(family, (1, 40), 10, hparams))
+        with pytest.raises(ValueError) as err:
+            quantize_static(model, family, [torch.randn(8, 1, 40)], "x86")
+        assert str(err.value) == get_family(family).static_int8_unsupported
 
 
 # -- pruning -------------------------------------------------------------------------------------
@@ -144,6 +201,11 @@ def test_fine_tuning_keeps_pruned_weights_at_zero(in_trained, family):
 ])
 @pytest.mark.parametrize("shape", [(1, 40), (1, 8, 8)])
 def test_structured_pruning_removes_units_exactly(family, hparams, shape, tmp_path):
+    """Structured pruning at 0.5 keeps exactly half the units of every unit group the family
+    declares (every layer and direction of a GRU/LSTM), and the compacted model, saved and
+    reloaded, computes what the masked one did, with fewer parameters."""
+    from pipeline.models.family import RecurrentUnits
+
     spec = ModelSpec(family, shape, 10, hparams)
     torch.manual_seed(0)
     model = build_model(spec)
@@ -151,6 +213,14 @@ def test_structured_pruning_removes_units_exactly(family, hparams, shape, tmp_pa
     model.eval()
     x = torch.randn(20, *shape)
     state = P.prune_structured(model, family, 0.5)
+    sizes = []
+    for u in get_family(family).pruning_units(model):
+        if isinstance(u, RecurrentUnits):
+            sizes += [u.layer.hidden_size] * (u.layer.num_layers * (2 if u.layer.bidirectional else 1))
+        else:
+            sizes.append(u.layer.weight.shape[0])
+    assert [len(k) for k in state.keep] == [n // 2 for n in sizes]  # every size here is even
+    assert all(len(torch.unique(k)) == len(k) and int(k.max()) < n for k, n in zip(state.keep, sizes, strict=True))
     with torch.no_grad():
         masked = state.model.eval()(x)
     P.make_permanent(state)
@@ -253,10 +323,14 @@ REQUIRED = {"test_acc", "test_f1_macro", "acc_delta", "params_total", "params_no
 
 
 def test_compress_stage_measures_and_tracks_every_variant(in_trained, meter):
+    """compress on the cnn makes every variant params and the family declare (none skipped),
+    measures each like evaluate in the reference's energy rounds, writes metrics/compress, and
+    tracks one FINISHED run per variant whose energy and accuracy are the ones reported."""
     params, prepared = in_trained
     m = compress_family(params, "cnn", meter=meter, prepared=prepared)
     names = {"quant_dynamic-int8", "quant_static-int8", "prune_global-0.5", "prune_structured-0.5",
              "distill-cnn_channels4", "scratch-cnn_channels4"}
+    assert expected_variants(params, "cnn") == (names, set())  # what params and the cnn family declare
     assert set(m["variants"]) == names and m["skipped"] == {}
     written = json.loads(paths.compress_metrics("cnn").read_text())
     assert set(written["variants"]) == names and written["reference"]["energy_per_1k_j"] > 0
@@ -269,6 +343,7 @@ def test_compress_stage_measures_and_tracks_every_variant(in_trained, meter):
         assert v["energy_rounds"] == params.evaluate.energy_rounds == written["reference"]["energy_rounds"]
         assert v["inference_threads"] == params.evaluate.num_threads
         assert v["energy_ratio_q1"] <= v["energy_ratio"] <= v["energy_ratio_q3"]
+        assert v["acc_delta"] == pytest.approx(v["test_acc"] - m["reference"]["test_acc"])
     assert m["variants"]["prune_global-0.5"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert m["variants"]["prune_global-0.5"]["params_nonzero"] < m["reference"]["params_nonzero"]
     assert m["variants"]["prune_structured-0.5"]["params_total"] < m["reference"]["params_total"]
@@ -290,12 +365,16 @@ def test_compress_stage_measures_and_tracks_every_variant(in_trained, meter):
                     "model/size_bytes", "energy/total_j", "energy/total_kwh", "energy/emissions_kg",
                     "energy/duration_s"):
             assert key in metrics, (tags["variant"], key)
-        assert metrics["energy/total_j"] > 0
+        variant = m["variants"][tags["variant"]]
+        assert metrics["energy/total_j"] == pytest.approx(variant["compress_energy_j"])  # the same measurement
+        assert metrics["test/acc"] == pytest.approx(variant["test_acc"])
         assert "model/model.pt" in {a.path for a in client.list_artifacts(r.info.run_id, "model")}
 
     section = compression_section(params, Path("reports"))
     assert section.startswith("## Compression") and "pay-back" in section and "prune_structured-0.5" in section
     assert "dense CPU kernels multiply the zeros" in section
+    # The energy sentence names the method the variants were measured with, taken from their rows.
+    assert m["energy_method"] and f"(method: `{m['energy_method']}`)" in section
     for png in (ENERGY_PLOT, SIZE_PLOT):
         assert (Path("reports") / png).stat().st_size > 5000
 
@@ -306,10 +385,14 @@ def test_no_compress_metrics_no_section(workdir, tiny_params):
 
 
 def test_static_quantization_is_skipped_for_rnn_with_the_reason(in_trained, meter):
+    """For the rnn, the stage makes the dynamic int8 variant and skips the static one with the
+    reason the rnn family declares."""
     params, prepared = in_trained
     params = parse_params(tiny_raw(**{"compress.techniques": ["quantize"]}))
     m = compress_family(params, "rnn", meter=meter, prepared=prepared)
-    assert set(m["variants"]) == {"quant_dynamic-int8"}
+    assert expected_variants(params, "rnn") == ({"quant_dynamic-int8"}, {"quant_static-int8"})
+    assert set(m["variants"]) == {"quant_dynamic-int8"} and set(m["skipped"]) == {"quant_static-int8"}
+    assert m["skipped"]["quant_static-int8"] == get_family("rnn").static_int8_unsupported
     assert "GRU/LSTM" in m["skipped"]["quant_static-int8"]
     assert m["variants"]["quant_dynamic-int8"]["agreement_with_source"] >= 0.9
 
@@ -324,6 +407,7 @@ def test_stacked_quantization_quantizes_pruned_models_and_students(in_trained, m
     m = compress_family(params, "mlp", meter=meter, prepared=prepared)
     bases = ["prune_structured-0.5", "distill-mlp_width8", "scratch-mlp_width8"]
     assert set(m["variants"]) == set(bases) | {f"{b}+quant_static-int8" for b in bases} and m["skipped"] == {}
+    assert expected_variants(params, "mlp") == (set(m["variants"]), set())
     x, _ = _test_split(prepared)
     for base in bases:
         stacked, plain = m["variants"][f"{base}+quant_static-int8"], m["variants"][base]
@@ -332,7 +416,7 @@ def test_stacked_quantization_quantizes_pruned_models_and_students(in_trained, m
         q_model, _, recipe = load_variant(paths.compressed_dir("mlp") / f"{base}+quant_static-int8")
         f_model, _, _ = load_variant(paths.compressed_dir("mlp") / base)
         assert recipe["quantization"] == "static"
-        assert (_pred(q_model, x) == _pred(f_model, x)).float().mean() >= 0.9
+        assert (_pred(q_model, x) == _varied(_pred(f_model, x))).float().mean() >= 0.9
     client, _ = client_for(params.tracking)
     exp = client.get_experiment_by_name(params.tracking.experiment_name)
     (run,) = client.search_runs([exp.experiment_id], "tags.variant = 'prune_structured-0.5+quant_static-int8'")
@@ -340,6 +424,8 @@ def test_stacked_quantization_quantizes_pruned_models_and_students(in_trained, m
 
     m = compress_family(params, "rnn", meter=meter, prepared=prepared)  # no static int8 for GRU
     assert set(m["variants"]) == {"prune_structured-0.5", "distill-rnn_hidden_size8", "scratch-rnn_hidden_size8"}
+    assert expected_variants(params, "rnn") == (set(m["variants"]), set(m["skipped"]))
+    assert set(m["skipped"].values()) == {get_family("rnn").static_int8_unsupported}
     assert "GRU/LSTM" in m["skipped"]["prune_structured-0.5+quant_static-int8"]
 
 

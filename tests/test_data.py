@@ -33,9 +33,19 @@ def test_mnist1d_leaves_numpy_global_rng_alone(tiny_params):
 
 
 def test_digits_are_images(tiny_params):
+    """scikit-learn's digits become one-channel 8x8 images scaled from 0..16 to 0..1: the splits
+    together hold every image exactly once (pixels divided by 16, nothing else) with its label."""
+    from sklearn.datasets import load_digits
+
     p = prepare(tiny_params(**{"data.dataset": "digits"}))
-    assert p.card["input_shape"] == [1, 8, 8] and p.card["layout"] == "image"
-    assert p.arrays["x_train"].max() <= 1.0
+    assert p.card["input_shape"] == [1, 8, 8] and p.card["layout"] == "image" and p.card["num_classes"] == 10
+    d = load_digits()
+    x = np.concatenate([p.arrays[f"x_{s}"] for s in ("train", "val", "test")])
+    y = np.concatenate([p.arrays[f"y_{s}"] for s in ("train", "val", "test")])
+    assert x.shape == (len(d.images), 1, 8, 8) and x.min() == 0.0 and x.max() == 1.0
+    want = sorted((img.tobytes(), int(t)) for img, t in zip((d.images[:, None] / 16.0).astype(np.float32), d.target, strict=True))
+    got = sorted((img.tobytes(), int(t)) for img, t in zip(x, y, strict=True))
+    assert got == want
 
 
 def test_split_is_stratified_and_disjoint():
@@ -48,11 +58,22 @@ def test_split_is_stratified_and_disjoint():
 
 
 def test_card_is_written_with_counts(tiny_params, workdir):
+    """The card on disk gives, per split, the number of samples and of each class that the saved
+    arrays hold, and the content hash of those arrays; load_prepared gives both back unchanged."""
+    from pipeline.data.prepare import content_hash
+
     prepared = prepare(tiny_params())
     save(prepared, "mnist1d")
     card = json.loads(paths.data_card("mnist1d").read_text())
-    assert sum(card["class_counts"]["train"]) == card["num_samples"]["train"]
-    assert load_prepared("mnist1d").card == card
+    loaded = load_prepared("mnist1d")
+    assert loaded.card == card
+    for s in ("train", "val", "test"):
+        y = loaded.arrays[f"y_{s}"]
+        assert card["num_samples"][s] == len(y) == len(loaded.arrays[f"x_{s}"])
+        assert card["class_counts"][s] == np.bincount(y, minlength=card["num_classes"]).tolist()
+    assert card["sha256"] == content_hash(loaded.arrays)
+    for k in prepared.arrays:
+        np.testing.assert_array_equal(loaded.arrays[k], prepared.arrays[k])
 
 
 @pytest.mark.parametrize(

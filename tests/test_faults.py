@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,27 +154,166 @@ def test_concurrent_writers_lose_no_run_and_no_metric(workdir):
         assert len(client.get_metric_history(r.info.run_id, "x")) == 20
 
 
-def test_security_defaults():
-    """Servers on 127.0.0.1; weights-only checkpoint loading; safe YAML; no pickle loading."""
-    makefile = (ROOT / "Makefile").read_text()
-    assert "--host 127.0.0.1" in makefile and "0.0.0.0" not in makefile
-    sources = {p: p.read_text() for p in (ROOT / "pipeline").rglob("*.py")}
-    for path, text in sources.items():
-        assert "yaml.load(" not in text and "yaml.unsafe_load" not in text, path
-        assert "allow_pickle=True" not in text, path
-        assert "pickle.load" not in text, path
-        for line in text.splitlines():
-            if "torch.load(" in line:
-                assert "weights_only=True" in line, f"{path}: {line.strip()}"
+class _RunsCode:
+    """A pickled object whose unpickling runs code: it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
 
 
-def test_a_checkpoint_with_code_is_refused(tmp_path):
-    """weights_only loading rejects a pickled object that would run code."""
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+def test_servers_the_makefile_starts_listen_on_loopback_only():
+    """Every server a make target starts binds a loopback address (the MLflow UI: 127.0.0.1),
+    never 0.0.0.0: read from what make would run (``make -n``), not from the Makefile's text."""
+    import ipaddress
+    import re
 
-    bad = tmp_path / "model.pt"
-    torch.save({"w": Evil()}, bad)
-    with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
-        torch.load(bad, map_location="cpu", weights_only=True)
+    phony = re.search(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1).split()
+    hosts = {}
+    for target in phony:
+        out = subprocess.run(["make", "-n", "-s", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (target, out.stderr)
+        hosts[target] = re.findall(r"--host[ =](\S+)", out.stdout)
+        assert "0.0.0.0" not in out.stdout, target
+    assert hosts["ui"], "make ui starts the MLflow UI with an explicit --host"
+    for target, found in hosts.items():
+        assert all(ipaddress.ip_address(h).is_loopback for h in found), (target, found)
+
+
+def test_model_loaders_refuse_a_checkpoint_that_runs_code(workdir):
+    """models/<family>/<variant>/model.pt and a compressed variant's model.pt are loaded
+    weights-only: a checkpoint whose unpickling would run code is refused and the code never runs
+    (the same file loaded without weights_only does run it, so the payload is live)."""
+    import pickle
+
+    from pipeline.compression.artifact import load_variant, save_variant
+    from pipeline.evaluation.evaluate import load_trained
+    from pipeline.models.factory import ModelSpec, build_model
+    from pipeline.models.saved import save_model
+
+    marker = workdir / "pwned"
+    spec = ModelSpec("mlp", (1, 40), 10, {"width": 8, "depth": 1, "dropout": 0.0})
+    model = build_model(spec)
+    trained, variant = paths.model_dir("mlp"), workdir / "variant"
+    save_model(trained, model, spec)
+    (trained / "run.json").write_text("{}")
+    save_variant(variant, model, spec, {})
+    evil = {k: _RunsCode(marker) for k in model.state_dict()}
+    for d in (trained, variant):
+        torch.save(evil, d / "model.pt")
+    with pytest.raises(pickle.UnpicklingError, match="(?i)weights.only"):
+        load_trained("mlp")
+    with pytest.raises(pickle.UnpicklingError, match="(?i)weights.only"):
+        load_variant(variant)
+    assert not marker.exists()
+    torch.load(variant / "model.pt", weights_only=False)  # the check of the check: unsafe loading runs it
+    assert marker.exists()
+
+
+def test_every_weights_load_of_train_and_evaluate_is_weights_only(tiny_params, prepared, meter, monkeypatch):
+    """Each torch.load the train stage (its best checkpoint) and evaluate's loader (the saved
+    model) make passes weights_only=True."""
+    from pipeline.evaluation.evaluate import load_trained
+
+    calls = []
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        caller = Path(sys._getframe(1).f_code.co_filename)
+        calls.append((caller.relative_to(ROOT).as_posix() if caller.is_relative_to(ROOT) else str(caller),
+                      kwargs.get("weights_only")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    params = tiny_params()
+    train_family(params, "mlp", meter, prepared)
+    load_trained("mlp")
+    assert {"pipeline/training/train.py", "pipeline/models/saved.py"} <= {f for f, _ in calls}, calls
+    assert all(w is True for _, w in calls), calls
+
+
+def test_params_yaml_cannot_run_code(workdir, capsys):
+    """params.yaml is read with a safe loader: a python/object tag is a YAML error (exit 2), its
+    code never runs (an unsafe loader would run it)."""
+    from pipeline import cli
+
+    marker = workdir / "pwned"
+    text = f"base: !!python/object/apply:builtins.exec [\"open({str(marker)!r}, 'w').close()\"]\n"
+    (workdir / "params.yaml").write_text(text)
+    assert cli.main(["prepare"]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "params.yaml" in err and "python/object" in err and "Traceback" not in err
+    assert not marker.exists()
+    yaml.unsafe_load(text)  # the check of the check: the payload is live
+    assert marker.exists()
+
+
+def test_npz_data_with_pickled_objects_is_refused(tiny_params, workdir):
+    """A user .npz and the prepared data are read without pickle: an object array is refused with
+    a DataError naming the file, and the code its unpickling would run never runs."""
+    import numpy as np
+
+    from pipeline.data.prepare import load_prepared
+    from pipeline.data.sources import DataError
+
+    marker = workdir / "pwned"
+    payload = np.empty(30, dtype=object)
+    payload[:] = [_RunsCode(marker) for _ in range(30)]
+    np.savez(workdir / "bad.npz", x=payload, y=np.arange(30) % 3)
+    with pytest.raises(DataError, match=r"bad\.npz.*not a readable \.npz"):
+        prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "bad.npz"}))
+    save(prepare(tiny_params()), "mnist1d")
+    data_path = paths.prepared_data("mnist1d")
+    np.savez(data_path, x_train=payload)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_prepared("mnist1d")
+    assert not marker.exists()
+    with np.load(data_path, allow_pickle=True) as f:  # the check of the check: the payload is live
+        f["x_train"]
+    assert marker.exists()
+
+
+def test_no_unsafe_loader_is_called_anywhere_in_the_package():
+    """A backstop for code the behaviour tests above do not reach: no call in pipeline/ to
+    yaml.load/unsafe_load/full_load or pickle.load(s), no np.load with allow_pickle=True, and
+    every torch.load passes weights_only=True (read from the syntax tree, so a call split over
+    lines or an aliased import is seen)."""
+    import ast
+
+    unsafe = {("yaml", "load"), ("yaml", "unsafe_load"), ("yaml", "full_load"), ("pickle", "load"),
+              ("pickle", "loads"), ("dill", "load"), ("joblib", "load")}
+    torch_loads, problems = [], []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        alias = {}  # local name -> (module, attribute) from `import x as y` / `from x import y as z`
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                alias.update({(a.asname or a.name): (a.name, None) for a in node.names})
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                alias.update({(a.asname or a.name): (node.module, a.name) for a in node.names})
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                module = alias.get(f.value.id, (f.value.id, None))[0]
+                name = (module.split(".")[0], f.attr)
+            elif isinstance(f, ast.Name) and f.id in alias and alias[f.id][1]:
+                name = (alias[f.id][0].split(".")[0], alias[f.id][1])
+            else:
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            if name in unsafe:
+                problems.append(f"{where}: {'.'.join(name)}")
+            elif name == ("numpy", "load") and isinstance(kw.get("allow_pickle"), ast.Constant) \
+                    and kw["allow_pickle"].value is not False:
+                problems.append(f"{where}: np.load(allow_pickle={kw['allow_pickle'].value})")
+            elif name == ("torch", "load"):
+                torch_loads.append(where)
+                if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                    problems.append(f"{where}: torch.load without weights_only=True")
+    assert not problems, problems
+    assert len(torch_loads) >= 2, torch_loads  # the scan sees the loaders it guards

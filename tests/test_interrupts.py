@@ -158,6 +158,7 @@ def test_ctrl_c_exits_fast_kills_runs_and_resumes(base, tmp_path, case, monkeypa
     assert sent is not None, f"the signal was never sent (hook {at} not reached):\n{out}"
     # Before the handlers are installed (the first ~50 ms), Python's default handler ends it.
     assert code in (130, -signal.SIGINT), out
+    print(f"{case}: exit {code} {ended - sent:.2f} s after the signal")  # shown with -rP
     assert ended - sent < EXIT_WITHIN_S, f"exited {ended - sent:.1f} s after the signal:\n{out}"
     runs = _runs(params)
     assert "RUNNING" not in {r.info.status for r in runs}, out

@@ -37,15 +37,21 @@ def test_sweep_params_are_validated():
 
 
 def test_a_sweep_point_trains_tests_and_is_compared_beside_the_baseline(tiny_params, workdir, meter):
+    """sweep --width 0.5 --depth 1: the model saved is the baseline's with half the width; its
+    test accuracy is that model's on the test split; compare lists it beside the baseline with
+    its own parameter count and training energy, and plots the sweep."""
+    import torch
+
     from pipeline.data.prepare import prepare, save
-    from pipeline.evaluation.evaluate import evaluate_family
+    from pipeline.evaluation.evaluate import evaluate_family, load_trained
     from pipeline.reporting.compare import Filters
     from pipeline.reporting.report import load, write_outputs
     from pipeline.sweep import sweep_point
     from pipeline.training.train import train_family
 
     params = tiny_params()
-    save(prepare(params), "mnist1d")
+    data = prepare(params)
+    save(data, "mnist1d")
     train_family(params, "mlp", meter)
     evaluate_family(params, "mlp", meter=meter)
     m = sweep_point(params, "mlp", "0.5", "1", meter)
@@ -53,12 +59,20 @@ def test_a_sweep_point_trains_tests_and_is_compared_beside_the_baseline(tiny_par
     on_disk = json.loads(paths.sweep_metrics("mlp", variant).read_text())
     assert on_disk["test_acc"] == m["test_acc"] and on_disk["width"] == 16 and on_disk["energy_j"] > 0
     assert (paths.model_dir("mlp", variant) / "model.pt").is_file() and paths.epoch_plot("mlp", variant).is_file()
+    model, spec, _ = load_trained("mlp", variant)
+    baseline, base_spec, _ = load_trained("mlp")
+    assert spec.hparams == {**base_spec.hparams, "width": base_spec.hparams["width"] // 2}
+    with torch.inference_mode():
+        pred = model(torch.from_numpy(data.arrays["x_test"]).float()).argmax(1).numpy()
+    assert m["test_acc"] == pytest.approx(float((pred == data.arrays["y_test"]).mean()))
 
     cmp = load(params, Filters())
     rows = {r["variant"]: r for r in cmp.rows}
     assert set(rows) == {"baseline", variant}
     sweep = rows[variant]
-    assert sweep["stage"] == "sweep" and sweep["params"] < rows["baseline"]["params"]
+    assert sweep["stage"] == "sweep" and sweep["test_acc"] == pytest.approx(m["test_acc"])
+    assert sweep["params"] == sum(p.numel() for p in model.parameters())  # 826 against the baseline's 1642
+    assert rows["baseline"]["params"] == sum(p.numel() for p in baseline.parameters()) > sweep["params"]
     # energy/* is the training's, the test energy is per 1,000 predictions
     assert sweep["train_energy_j"] == pytest.approx(m["energy_j"]) and sweep["energy_per_1k_j"] > 0
     assert load(params, Filters(stages=["sweep"])).rows[0]["variant"] == variant

@@ -53,23 +53,37 @@ def _runs(params, filter_string):
 
 
 def test_tiny_study_measures_and_tracks_every_trial(prepared, meter):
+    """A 3-trial study: each trial's energy and val/acc are those its MLflow run measured; the
+    search's energy is their sum; the chosen trial is the most accurate one; the refit of it is
+    tracked and saved as the tuned model with the accuracy its run logged."""
     params = tune_params()
     m = tune_family(params, "mlp", meter, prepared)
-    assert m["trials"] == 3 and m["search_energy_j"] > 0 and m["val_acc"] > 0
+    assert m["trials"] == 3
     study = _study(params, prepared)
     assert len(study.trials) == 3
     assert all(t.user_attrs["energy_kwh"] > 0 for t in study.trials)
     assert m["search_energy_kwh"] == pytest.approx(sum(t.user_attrs["energy_kwh"] for t in study.trials))
+    assert m["search_energy_j"] == pytest.approx(m["search_energy_kwh"] * 3.6e6)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and m["chosen_trial_val_acc"] == max(t.value for t in complete)
+    assert study.trials[m["chosen_trial"]].value == m["chosen_trial_val_acc"]
 
     (parent,) = _runs(params, "tags.role = 'study'")
     trials = _runs(params, "tags.role = 'trial'")
     assert len(trials) == 3
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
-    assert all(r.data.metrics["energy/total_j"] > 0 for r in trials)
+    by_id = {r.info.run_id: r for r in trials}
+    for t in study.trials:  # each trial's figures are those of its own run
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert run.data.metrics["energy/total_j"] == pytest.approx(t.user_attrs["energy_kwh"] * 3.6e6)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert run.data.metrics["final/val_acc"] == pytest.approx(t.value)
     assert {r.data.tags["trial_state"] for r in trials} <= {"COMPLETE", "PRUNED"}
     assert parent.data.metrics["search/energy_j"] == pytest.approx(m["search_energy_j"])
     (refit,) = _runs(params, "tags.role = 'refit'")
     assert refit.data.tags["variant"] == "tuned"
+    assert refit.data.metrics["final/val_acc"] == pytest.approx(m["val_acc"])
+    assert refit.data.tags["chosen_trial"] == str(m["chosen_trial"])
     assert (paths.model_dir("mlp", "tuned") / "model.pt").is_file()
     saved = json.loads((paths.model_dir("mlp", "tuned") / "study.json").read_text())
     assert saved["chosen"]["number"] == m["chosen_trial"]
@@ -121,11 +135,23 @@ def test_energy_budget_stops_the_study(prepared, meter):
 
 
 def test_multi_objective_returns_a_pareto_set(prepared, meter):
+    """accuracy+energy: the front reported (its size, study.json's list) is exactly the completed
+    trials that no other completed trial beats on both accuracy and energy, and the chosen trial
+    is on it."""
     params = tune_params(**{"tune.search.objective": "accuracy+energy"})
     m = tune_family(params, "mlp", meter, prepared)
     study = _study(params, prepared)
-    assert len(study.directions) == 2 and m["pareto_size"] == len(study.best_trials) >= 1
-    assert m["chosen_trial"] in {t.number for t in study.best_trials}
+    assert len(study.directions) == 2
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+    def dominated(a):
+        return any(b.values[0] >= a.values[0] and b.values[1] <= a.values[1] and b.values != a.values for b in complete)
+
+    front = {t.number for t in complete if not dominated(t)}
+    assert front and m["pareto_size"] == len(front) == len(study.best_trials)
+    saved = json.loads((paths.model_dir("mlp", "tuned") / "study.json").read_text())
+    assert {t["number"] for t in saved["pareto_front"]} == front == {t.number for t in study.best_trials}
+    assert m["chosen_trial"] in front
 
 
 def test_two_workers_finish_exactly_n_trials(prepared, meter):

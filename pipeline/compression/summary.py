@@ -202,10 +202,15 @@ def _meaning(rows: list[dict]) -> list[str]:
                      f"(interquartile range over its rounds). A variant's energy ratio is the median of its "
                      f"per-round ratios to its original, and counts as a saving or a cost only when the "
                      f"quartiles of those ratios lie beyond ±{MIN_EFFECT:.0%}; the verdicts below do so.")
-    lines.append("- **What energy means here.** Without a hardware counter, CodeCarbon estimates CPU power from this "
-                 "process's CPU load times the CPU's TDP and adds a fixed RAM power, so energy per prediction "
-                 "follows time per prediction: a variant saves energy only if it runs faster at the evaluation "
-                 "batch size." + (f" Method: `{methods[0]}`." if len(methods) == 1 else ""))
+    named = ", ".join(f"`{m}`" for m in methods) or "none recorded"
+    if any("cpu=estimate" in m for m in methods):
+        lines.append(f"- **What energy means here** (method: {named}). Where the CPU has no hardware counter, "
+                     "CodeCarbon estimates its power from this process's CPU load times the CPU's TDP and adds a "
+                     "fixed RAM power, so energy per prediction follows time per prediction: such a variant saves "
+                     "energy only if it runs faster at the evaluation batch size.")
+    else:
+        lines.append(f"- **What energy means here** (method: {named}): read from the hardware counters the "
+                     "method names, so a variant can save energy without saving time.")
     g = _ratios(rows, "prune_global")
     if g:
         lines.append(f"- **Unstructured pruning.** Global magnitude pruning zeroes weights inside dense tensors, and "
@@ -241,7 +246,8 @@ def _meaning(rows: list[dict]) -> list[str]:
                      f"alone with the same seed and budget: {'; '.join(pairs)}.")
     lines.append("- **Pay-back** is the compression's own energy (quantizing and calibrating, fine-tuning, teacher "
                  "outputs, student training) divided by the inference energy it saves per prediction; \"never\" "
-                 "where the variant saves none.")
+                 "where it saves none, or none beyond the noise (the upper quartile of its paired energy "
+                 "ratios is at or above 1).")
     return lines
 
 
@@ -263,8 +269,8 @@ def compression_section(params: Params, out_dir: Path) -> str:
         "",
         "Variants made by the compress stage from each trained model and measured exactly like the originals "
         "(held-out test split, latency at batch 1, throughput and energy at the evaluation batch size). "
-        "The original row is the same model measured in the same process as its variants (mean of a reading at "
-        "the start and one at the end of the stage). Δ acc is in accuracy points against that original; "
+        "The original row is the same model measured in the same process and the same alternating rounds as "
+        "its variants. Δ acc is in accuracy points against that original; "
         "**bold** rows lie on the Pareto front of accuracy versus inference energy (E) or size on disk (S), "
         "across all families.",
         "",

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from pipeline import paths
 from pipeline.config import Params, TrainCfg
@@ -28,6 +30,9 @@ from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
 from pipeline.models.saved import SPEC, save_model
 from pipeline.tracking import Run, base_tags, tracked_run
+from pipeline.training.callbacks import EpochRecorder
+from pipeline.training.data import PreparedDataModule
+from pipeline.training.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +104,6 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     ``train_cfg`` and ``hparams`` override params.train and params.models.<family> (a trial's
     choices). Pass ``result`` to read the energy spent when this raises.
     """
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from pipeline.training.callbacks import EpochRecorder
-    from pipeline.training.data import PreparedDataModule
-    from pipeline.training.module import Classifier
-
     quiet_lightning()
     result = result if result is not None else FitResult()
     cfg = train_cfg or params.train

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna_integration import PyTorchLightningPruningCallback
 
+from pipeline import interrupts
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared
 from pipeline.energy import EnergyMeter
@@ -33,8 +35,6 @@ class Objective:
 
     def _pruning_callback(self, trial):
         # optuna-integration's callback imports lightning.pytorch: the same package as our Trainer.
-        from optuna_integration import PyTorchLightningPruningCallback
-
         return PyTorchLightningPruningCallback(trial, monitor="val/acc")
 
     def __call__(self, trial: optuna.Trial):
@@ -47,6 +47,7 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial):
+        interrupts.check()  # a signal while Optuna created the trial: end it here, marked interrupted
         if self.n_trials is not None:
             try:
                 claim(trial.study, trial.number, self.n_trials)

@@ -24,6 +24,7 @@ from pipeline.energy import J_PER_KWH, EnergyMeter
 from pipeline.tracking import base_tags, client_for, create_run, tracked_run
 from pipeline.training.train import export_run, fit, write_metrics
 from pipeline.tuning import study as st
+from pipeline.tuning.objective import Objective
 from pipeline.tuning.space import baseline_point, split_params
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,6 @@ def run_worker(params: Params, family: str, url: str, worker: int, n_workers: in
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
-    from pipeline.tuning.objective import Objective
 
     search = params.tune.search
     storage = st.open_storage(url, search.heartbeat_s, params.tracking)
