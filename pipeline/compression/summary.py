@@ -42,12 +42,13 @@ def load_rows(params: Params) -> list[dict]:
             ref = m["reference"]
             evaluated = paths.evaluate_metrics(family, source)
             ev = json.loads(evaluated.read_text()) if evaluated.is_file() else {}
+            method = m.get("energy_method")  # one meter measured the original and its variants
             rows.append({"model": f"{family}-{source}", "family": family, "source": source,
-                         "technique": "original", "level": "", **ref,
+                         "technique": "original", "level": "", "energy_method": method, **ref,
                          "evaluate_energy_per_1k_j": ev.get("energy_per_1k_j"), "evaluate_test_acc": ev.get("test_acc")})
             for name, v in m["variants"].items():
                 rows.append({"model": f"{family}-{source} {name}", "family": family, "source": source, "variant": name,
-                             **v})
+                             "energy_method": method, **v})
             for name, reason in m.get("skipped", {}).items():
                 rows.append({"model": f"{family}-{source} {name}", "family": family, "source": source,
                              "variant": name, "technique": _technique_of(name), "skipped": reason})
