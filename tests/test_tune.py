@@ -284,7 +284,9 @@ def test_killed_worker_is_retried_and_two_commands_finish_exactly_n(workdir, met
     import yaml
 
     raw = tiny_raw(**{"train.early_stopping_patience": 0})
-    raw["tune"] = {"search": {**TINY_SEARCH["tune"]["search"], "n_trials": 4, "max_epochs": 8, "heartbeat_s": 1,
+    # Trials long enough (30 epochs, seconds even on an idle machine) that the kill 1.5 s after
+    # both commands started one lands inside a trial, never between two.
+    raw["tune"] = {"search": {**TINY_SEARCH["tune"]["search"], "n_trials": 4, "max_epochs": 30, "heartbeat_s": 1,
                               "pruner": "none"},
                    "space": TINY_SEARCH["tune"]["space"]}
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
