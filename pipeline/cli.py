@@ -278,6 +278,11 @@ def _run(args) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
+        if interrupts.received():
+            # Raised at once during start-up, an interrupt can surface as another error (a C
+            # extension half-imported: "type ... is already registered"); the user asked to stop.
+            print(f"interrupted ({type(err).__name__} while stopping)", file=sys.stderr)
+            return EXIT_INTERRUPTED
         from pipeline.data.sources import DataError
 
         if isinstance(err, DataError):
