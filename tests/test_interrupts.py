@@ -77,6 +77,15 @@ def _env(case_dir: Path, at: str | None) -> dict:
     return env
 
 
+def _output_or_fail(proc: subprocess.Popen, timeout_s: float, what: str) -> str:
+    """The process's output once it exits; a hang kills its process group and fails the test."""
+    try:
+        return proc.communicate(timeout=timeout_s)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{what}:\n{proc.communicate()[0]}")
+
+
 def _run(case_dir: Path, argv: list[str], at: str | None = None, delay_s: float | None = None):
     """Run the command; SIGINT its process group after ``delay_s`` or at hook ``at``. Returns
     (exit code, output, time of the signal or None, time of the exit)."""
@@ -87,12 +96,7 @@ def _run(case_dir: Path, argv: list[str], at: str | None = None, delay_s: float 
         time.sleep(delay_s)
         sent = time.time()
         os.killpg(proc.pid, signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{argv} did not exit 300 s after start:\n{out}")
+    out = _output_or_fail(proc, 300, f"{argv} did not exit 300 s after start")
     ended = time.time()
     log = case_dir / "signal.log"
     if sent is None and log.is_file():
@@ -213,11 +217,7 @@ def test_ctrl_c_on_dvc_repro_exits_fast_and_the_next_repro_resumes(tmp_path):
         time.sleep(0.05)
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"dvc repro still running 60 s after Ctrl-C:\n{proc.communicate()[0]}")
+    out = _output_or_fail(proc, 60, "dvc repro still running 60 s after Ctrl-C")
     assert time.monotonic() - sent < EXIT_WITHIN_S, f"dvc repro took {time.monotonic() - sent:.1f} s to exit"
     assert proc.returncode != 0, out
     assert _trial_count(d) >= 2, out
