@@ -132,10 +132,14 @@ def _compare(args) -> int:
         top=args.top, all_runs=args.all_runs)
     cmp = load(params, filters)
     extra = []
-    if args.command == "report":  # the compress stage's own details, from its metrics files
+    if args.command == "report":  # the data's card and the compress stage's own details
         from pipeline.compression.summary import compression_section
+        from pipeline.reporting.data_section import data_section_text
         from pipeline.reporting.render import Section
 
+        data = data_section_text(params.data.dataset)
+        if data:
+            extra.append(Section("Data", data))
         text = compression_section(params, args.out)
         if text:
             title, _, body = text.partition("\n")
@@ -283,7 +287,7 @@ def _run(args) -> int:
             # extension half-imported: "type ... is already registered"); the user asked to stop.
             print(f"interrupted ({type(err).__name__} while stopping)", file=sys.stderr)
             return EXIT_INTERRUPTED
-        from pipeline.data.sources import DataError
+        from pipeline.data.source import DataError
 
         if isinstance(err, DataError):
             print(f"error: {err}", file=sys.stderr)

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.data.source import get_source, sources
 from pipeline.models.family import NOT_SCALABLE, Family, families, get_family
 
 
@@ -49,31 +50,49 @@ def _registered(name: str) -> str:
 FamilyName = Annotated[str, AfterValidator(_registered)]
 
 
-class _PerFamily(RootModel[dict[str, Any]]):
-    """A params block with one entry per registered family (the family's default where the block
-    has none) besides the fixed entries ``_fixed``; any other key is an error listing the known
-    ones. Each entry is validated by a model built from the registry, so its errors keep their
-    key path (``models.<family>.<key>``)."""
+class _PerEntry(RootModel[dict[str, Any]]):
+    """A params block with one entry per registered family or data source (its default where the
+    block has none) besides the fixed entries ``_fixed``; any other key is an error listing the
+    known ones. Each entry is validated by a model built from the registry, so its errors keep
+    their key path (``models.<family>.<key>``, ``data.<source>.<key>``)."""
 
     model_config = ConfigDict(frozen=True)
-    # Entries that are not families: name -> (type, Field with its default).
+    # Entries that are not registered names: name -> (type, Field with its default).
     _fixed: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    # What the registered names are, for errors.
+    _what: ClassVar[str] = ""
 
     @classmethod
-    def _entry(cls, family: Family) -> tuple[Any, Any]:
-        """(type, Field with its default) of a family's entry."""
+    def _registered(cls) -> tuple[tuple[str, Any], ...]:
+        """(name, registered object) of every entry the block may have."""
+        raise NotImplementedError
+
+    @classmethod
+    def _entry(cls, registered: Any) -> tuple[Any, Any]:
+        """(type, Field with its default) of a registered object's entry."""
         raise NotImplementedError
 
     @model_validator(mode="before")
     @classmethod
-    def _by_family(cls, raw: Any) -> Any:
+    def _by_entry(cls, raw: Any) -> Any:
         if not isinstance(raw, dict):
-            raise ValueError(f"must be a mapping with one entry per model family, got {type(raw).__name__}")
-        known = [*cls._fixed, *families()]
+            raise ValueError(f"must be a mapping with one entry per {cls._what}, got {type(raw).__name__}")
+        registered = cls._registered()
+        known = [*cls._fixed, *(name for name, _ in registered)]
         for key in raw:
             if key not in known:
-                raise ValueError(f"@{key}: unknown model family; known keys: {', '.join(known)}")
-        return dict(_schema(cls, tuple((name, get_family(name)) for name in families())).model_validate(raw))
+                raise ValueError(f"@{key}: unknown {cls._what}; known keys: {', '.join(known)}")
+        return dict(_schema(cls, registered).model_validate(raw))
+
+
+class _PerFamily(_PerEntry):
+    """One entry per registered model family."""
+
+    _what: ClassVar[str] = "model family"
+
+    @classmethod
+    def _registered(cls) -> tuple[tuple[str, Family], ...]:
+        return tuple((name, get_family(name)) for name in families())
 
     def for_family(self, family: str) -> Any:
         return self.root[family]
@@ -84,9 +103,9 @@ class _ValidatedDefaults(_Strict):
 
 
 @functools.cache
-def _schema(block: type[_PerFamily], registered: tuple[tuple[str, Family], ...]) -> type[BaseModel]:
-    """The strict model of ``block`` for the families registered now."""
-    fields = {**block._fixed, **{name: block._entry(family) for name, family in registered}}
+def _schema(block: type[_PerEntry], registered: tuple[tuple[str, Any], ...]) -> type[BaseModel]:
+    """The strict model of ``block`` for the families or sources registered now."""
+    fields = {**block._fixed, **{name: block._entry(obj) for name, obj in registered}}
     return create_model(block.__name__, __base__=_ValidatedDefaults, **fields)
 
 
@@ -94,30 +113,34 @@ class BaseCfg(_Strict):
     seed: int = 42
 
 
-class Mnist1dCfg(_Strict):
-    """Arguments of the ``mnist1d`` generator (the dataset is built locally, no download)."""
-
-    num_samples: int = Field(5000, ge=100)
-    shuffle_seq: bool = False
-    iid_noise_scale: float = Field(0.02, ge=0)
-    corr_noise_scale: float = Field(0.25, ge=0)
-    seed: int = 42
+def _data_source(name: str) -> str:
+    get_source(name)  # raises naming the known sources
+    return name
 
 
-class NpzCfg(_Strict):
-    """A user file holding arrays ``x`` (samples first) and ``y`` (integer labels)."""
+class DataCfg(_PerEntry):
+    """``data``: which source (``dataset``), how it is split and normalised, and one block of
+    parameters per registered source (``data.<source>``, its ``Params``; see pipeline.data)."""
 
-    path: str = ""
-    # auto: x of 2 dims is a 1-channel sequence, 3 dims a 1-channel image, 4 dims a C-channel image.
-    layout: Literal["auto", "sequence", "image"] = "auto"
+    _what: ClassVar[str] = "data source"
+    _fixed: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "dataset": (Annotated[str, AfterValidator(_data_source)], Field("mnist1d")),
+        # Of a pool: the shares of validation and test; of given train/test splits: val_fraction
+        # of the train split is the validation split (test_fraction is not used).
+        "val_fraction": (float, Field(0.15, gt=0, lt=1)),
+        "test_fraction": (float, Field(0.15, gt=0, lt=1)),
+        # From the training split only: channel | feature | none; auto: the source's default
+        # (channel; feature for tables).
+        "normalize": (Literal["auto", "channel", "feature", "none"], Field("auto")),
+    }
 
+    @classmethod
+    def _registered(cls) -> tuple[tuple[str, Any], ...]:
+        return tuple((name, get_source(name)) for name in sources())
 
-class DataCfg(_Strict):
-    dataset: Literal["mnist1d", "digits", "npz"] = "mnist1d"
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    test_fraction: float = Field(0.15, gt=0, lt=1)
-    mnist1d: Mnist1dCfg = Mnist1dCfg()
-    npz: NpzCfg = NpzCfg()
+    @classmethod
+    def _entry(cls, source: Any) -> tuple[Any, Any]:
+        return source.Params, Field(default_factory=source.Params)
 
     @model_validator(mode="after")
     def _check(self) -> DataCfg:
@@ -126,9 +149,36 @@ class DataCfg(_Strict):
                 f"val_fraction + test_fraction must leave at least 10% for training, "
                 f"got {self.val_fraction} + {self.test_fraction}"
             )
-        if self.dataset == "npz" and not self.npz.path:
-            raise ValueError("dataset 'npz' needs data.npz.path (a .npz file with arrays x and y)")
+        try:
+            get_source(self.dataset).check(self.source_params)
+        except ValueError as err:
+            msg = str(err)
+            raise ValueError(f"@{self.dataset}.{msg[1:]}" if msg.startswith("@") else msg) from None
         return self
+
+    @property
+    def dataset(self) -> str:
+        return self.root["dataset"]
+
+    @property
+    def val_fraction(self) -> float:
+        return self.root["val_fraction"]
+
+    @property
+    def test_fraction(self) -> float:
+        return self.root["test_fraction"]
+
+    @property
+    def normalize(self) -> str:
+        return self.root["normalize"]
+
+    @property
+    def source_params(self) -> BaseModel:
+        """The chosen source's parameters (``data.<dataset>``)."""
+        return self.root[self.dataset]
+
+    def for_source(self, name: str) -> BaseModel:
+        return self.root[name]
 
 
 class ModelsCfg(_PerFamily):
@@ -436,7 +486,7 @@ class SweepCfg(_Strict):
 class Params(_Strict):
     families: list[FamilyName] = Field(default_factory=lambda: list(families()), min_length=1)
     base: BaseCfg = BaseCfg()
-    data: DataCfg = DataCfg()
+    data: DataCfg = Field(default_factory=lambda: DataCfg.model_validate({}))
     models: ModelsCfg = Field(default_factory=lambda: ModelsCfg.model_validate({}))
     train: TrainCfg = TrainCfg()
     energy: EnergyCfg = EnergyCfg()

@@ -62,7 +62,7 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
     prepared = load_prepared(params.data.dataset)
     card = prepared.card
     variant = paths.sweep_variant(width, depth)
-    tags = {**base_tags("sweep", family, card["sha256"]), "variant": variant, "role": "sweep",
+    tags = {**base_tags("sweep", family, card), "variant": variant, "role": "sweep",
             "sweep_width": width, "sweep_depth": depth, "energy_method": "pending"}
     with tracked_run(params.tracking, f"sweep-{family}-w{width}-d{depth}", tags) as run:
         result = fit(params, family, prepared, meter, run, paths.model_dir(family, variant), hparams=hparams)

@@ -55,12 +55,15 @@ def git_commit(root: Path | None = None) -> str:
         return "unknown"
 
 
-def base_tags(stage: str, family: str, data_hash: str | None) -> dict[str, str]:
+def base_tags(stage: str, family: str, card: dict | None) -> dict[str, str]:
+    """The tags of every run: stage, family, code version and the data (from its card)."""
+    card = card or {}
     tags = {
         "stage": stage,
         "family": family,
         "git_commit": git_commit(),
-        "data_hash": data_hash or "unknown",
+        "data_hash": card.get("sha256", "unknown"),
+        "dataset": str(card.get("name", card.get("dataset", "unknown"))),
     }
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):

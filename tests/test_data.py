@@ -5,7 +5,7 @@ import pytest
 
 from pipeline import paths
 from pipeline.data.prepare import load_prepared, prepare, save, stratified_split
-from pipeline.data.sources import DataError
+from pipeline.data.source import DataError
 
 
 def test_mnist1d_prepare_is_deterministic(tiny_params):
@@ -37,7 +37,7 @@ def test_digits_are_images(tiny_params):
     together hold every image exactly once (pixels divided by 16, nothing else) with its label."""
     from sklearn.datasets import load_digits
 
-    p = prepare(tiny_params(**{"data.dataset": "digits"}))
+    p = prepare(tiny_params(**{"data.dataset": "digits", "data.normalize": "none"}))
     assert p.card["input_shape"] == [1, 8, 8] and p.card["layout"] == "image" and p.card["num_classes"] == 10
     d = load_digits()
     x = np.concatenate([p.arrays[f"x_{s}"] for s in ("train", "val", "test")])
@@ -98,13 +98,14 @@ def _npz_error(tiny_params, workdir, **arrays):
 def test_npz_bad_inputs(tiny_params, workdir):
     x = np.zeros((30, 8))
     y = np.arange(30) % 3
-    assert "missing array(s) ['y']" in _npz_error(tiny_params, workdir, x=x)
+    assert "expected arrays x and y" in _npz_error(tiny_params, workdir, x=x)
     assert "NaN or infinite" in _npz_error(tiny_params, workdir, x=np.where(x == 0, np.nan, x), y=y)
-    assert "must be integers" in _npz_error(tiny_params, workdir, x=x, y=y + 0.5)
-    assert "0..num_classes-1" in _npz_error(tiny_params, workdir, x=x, y=y - 1)
+    assert "must be integers or text" in _npz_error(tiny_params, workdir, x=x, y=y + 0.5)
     assert "29 labels" in _npz_error(tiny_params, workdir, x=x, y=y[:29])
     assert "split is empty" in _npz_error(tiny_params, workdir, x=x[:2], y=y[:2])
-    assert "1-D array of labels" in _npz_error(tiny_params, workdir, x=x, y=y.reshape(15, 2))
+    assert "1-D array" in _npz_error(tiny_params, workdir, x=x, y=y.reshape(15, 2))
+    assert "x_val and y_val go together" in _npz_error(tiny_params, workdir, x_train=x, y_train=y, x_test=x, y_test=y,
+                                                       x_val=x)
 
 
 def test_npz_missing_or_corrupt_file(tiny_params, workdir):

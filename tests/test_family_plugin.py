@@ -109,7 +109,7 @@ class Bare(Family):
 def plugins(monkeypatch):
     """Both test families registered for this test only (the built-ins first, as always)."""
     registry.families()  # the built-ins register on the first look-up: before the registry is copied
-    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    monkeypatch.setattr(registry._FAMILIES, "_items", dict(registry._FAMILIES._items))
     register_family("tinyconv")(TinyConv)
     register_family("bare")(Bare)
 

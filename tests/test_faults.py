@@ -256,7 +256,7 @@ def test_npz_data_with_pickled_objects_is_refused(tiny_params, workdir):
     import numpy as np
 
     from pipeline.data.prepare import load_prepared
-    from pipeline.data.sources import DataError
+    from pipeline.data.source import DataError
 
     marker = workdir / "pwned"
     payload = np.empty(30, dtype=object)

@@ -64,7 +64,7 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     (run,) = _runs(params, "train")
     assert run.info.status == "FINISHED"
     assert {"family", "stage", "git_commit", "data_hash", "energy_method"} <= set(run.data.tags)
-    assert run.data.tags["data_hash"] == prepared.card["sha256"]
+    assert run.data.tags["data_hash"] == prepared.card["sha256"] and run.data.tags["dataset"] == "mnist1d"
     for key in ("final/val_acc", "energy/total_j", "energy/cpu_kwh", "energy/ram_kwh", "energy/emissions_kg",
                 "model/params_total", "energy/epoch_j", "energy/epoch_mean_power_w", "train/loss", "val/acc"):
         assert key in run.data.metrics, key

@@ -392,13 +392,12 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
     if out_root.exists():
         shutil.rmtree(out_root)
     out_root.mkdir(parents=True)
-    data_hash = prepared.card["sha256"]
     source_run_id = source_run.get("run_id", "unknown")
 
     ref_quality = _quality(ctx, teacher)
     done = []
     for plan in plans:
-        tags = {**base_tags("compress", family, data_hash), "variant": plan.name, "technique": plan.technique,
+        tags = {**base_tags("compress", family, prepared.card), "variant": plan.name, "technique": plan.technique,
                 "level": plan.level, "source_run_id": source_run_id, "source_variant": source,
                 "energy_method": meter.method}
         name = f"compress-{family}-{source}-{plan.name}"

@@ -20,7 +20,7 @@ from torch import nn
 from pipeline import paths
 from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
-from pipeline.data.sources import DataError
+from pipeline.data.source import DataError
 from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.evaluation.inference_energy import (
     RoundReadings,
@@ -197,7 +197,7 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
     x = torch.from_numpy(prepared.arrays["x_test"]).float()
     y = prepared.arrays["y_test"]
     card = prepared.card
-    tags = base_tags("evaluate", family, card["sha256"])
+    tags = base_tags("evaluate", family, card)
     tags["source_run_id"] = train_run.get("run_id", "unknown")
     tags["variant"] = variant
     with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:

@@ -27,13 +27,14 @@ torch) register on the first look-up.
 """
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=type)
 
-# A family's name is a path component (models/<name>/), a DVC matrix value and an MLflow tag.
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # Keys that share a mapping with family names in params.yaml (tune.space.train, student_family: same).
 RESERVED = ("train", "same")
 
@@ -158,52 +157,29 @@ class Family(ABC):
         return quantized
 
 
-_FAMILIES: dict[str, Family] = {}
+def _builtins() -> tuple:
+    # The built-ins register themselves when first imported (their modules import torch).
+    from pipeline.models import cnn, mlp, rnn, transformer
+
+    return mlp, cnn, rnn, transformer
+
+
+_FAMILIES: Registry[Family] = Registry("model family", _builtins, reserved=RESERVED)
 
 
 def register_family(name: str) -> Callable[[F], F]:
     """Class decorator: register an instance of the decorated ``Family`` subclass as ``name``."""
-    if not _NAME.fullmatch(name) or name in RESERVED:
-        raise ValueError(f"family name {name!r}: lowercase letters, digits and _, starting with a letter, "
-                         f"and not one of {RESERVED}")
-
-    def register(cls: F) -> F:
-        if name in _FAMILIES:
-            raise ValueError(f"model family {name!r} is already registered ({type(_FAMILIES[name]).__qualname__})")
-        if not (isinstance(getattr(cls, "Params", None), type) and issubclass(cls.Params, BaseModel)):
-            raise TypeError(f"family {name!r}: Params must be a pydantic model class")
-        try:
-            cls.Params()
-        except ValidationError as err:
-            raise TypeError(f"family {name!r}: every field of Params needs a default ({err})") from None
-        family = cls()
-        family.name = name
-        _FAMILIES[name] = family
-        return cls
-
-    return register
-
-
-def _registry() -> dict[str, Family]:
-    """The registered families: the built-ins first, in this order (that of families(), of the
-    default params.families and of the figures' colours), then the others as registered."""
-    # The built-ins register themselves when first imported (their modules import torch).
-    from pipeline.models import cnn, mlp, rnn, transformer
-
-    rank = {module.__name__: i for i, module in enumerate((mlp, cnn, rnn, transformer))}
-    return dict(sorted(_FAMILIES.items(), key=lambda item: rank.get(type(item[1]).__module__, len(rank))))
+    return _FAMILIES.register(name)
 
 
 def families() -> tuple[str, ...]:
-    """The registered families' names, in registration order (the built-ins first)."""
-    return tuple(_registry())
+    """The registered families' names: the built-ins first, in this order (that of the default
+    params.families and of the figures' colours), then the others as registered."""
+    return _FAMILIES.names()
 
 
 def get_family(name: str) -> Family:
-    try:
-        return _registry()[name]
-    except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {', '.join(families())}") from None
+    return _FAMILIES.get(name)
 
 
 def weight_matrices(model: nn.Module) -> list[tuple[nn.Module, str]]:

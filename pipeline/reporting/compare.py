@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.data.sources import DataError
+from pipeline.data.source import DataError
 from pipeline.models.family import families
 from pipeline.pareto import knee, pareto_front
 from pipeline.reporting.store import RunRecord

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import TrackingCfg
-from pipeline.data.sources import DataError
+from pipeline.data.source import DataError
 from pipeline.tracking import tracking_uri
 
 PAGE_SIZE = 5000  # runs per search_runs call (MLflow accepts up to 50,000)

@@ -244,7 +244,7 @@ def train_family(params: Params, family: str, meter: EnergyMeter | None = None,
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
     card = prepared.card
-    tags = {**base_tags("train", family, card["sha256"]), "variant": paths.BASELINE, "energy_method": "pending"}
+    tags = {**base_tags("train", family, card), "variant": paths.BASELINE, "energy_method": "pending"}
     with tracked_run(params.tracking, f"train-{family}", tags) as run:
         result = fit(params, family, prepared, meter, run, paths.model_dir(family))
         export_run(result, run, family, paths.BASELINE, card)

@@ -56,7 +56,7 @@ class Objective:
                 raise
         train_cfg, hparams = sample(trial, self.params, self.family, self.params.tune.search.max_epochs)
         tags = {
-            **base_tags("tune", self.family, self.prepared.card["sha256"]),
+            **base_tags("tune", self.family, self.prepared.card),
             "mlflow.parentRunId": self.parent_run_id,
             "role": "trial",
             "study": self.study_name,

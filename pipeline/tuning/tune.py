@@ -167,7 +167,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
     storage = st.open_storage(url, search.heartbeat_s, params.tracking)
     study = st.load_study(params, family, card["sha256"], storage)
     multi = search.objective != "accuracy"
-    tags = {**base_tags("tune", family, card["sha256"]), "role": "study", "study": study.study_name,
+    tags = {**base_tags("tune", family, card), "role": "study", "study": study.study_name,
             "storage": st.redact(url), "objective": search.objective,
             "pruning": "none (multi-objective studies cannot prune; early stopping still applies)" if multi
             else f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc"}
@@ -247,7 +247,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
         # Refit the chosen configuration with the full training budget, as the tuned model.
         train_cfg = type(params.train).model_validate({**params.train.model_dump(), **train_over})
         hparams = {**params.models.for_family(family).model_dump(), **model_over}
-        refit_tags = {**base_tags("train", family, card["sha256"]), "variant": paths.TUNED, "role": "refit",
+        refit_tags = {**base_tags("train", family, card), "variant": paths.TUNED, "role": "refit",
                       "mlflow.parentRunId": parent.run_id, "study": study.study_name, "chosen_trial": chosen.number}
         with tracked_run(params.tracking, f"refit-{family}", refit_tags) as refit:
             result = fit(params, family, prepared, meter, refit, paths.model_dir(family, paths.TUNED),

@@ -1,0 +1,99 @@
+"""Time-series classification archives (UCR univariate, UEA multivariate) in the ``.ts`` format,
+read with aeon's loaders. The archive's own split is kept: its ``_TEST`` file is the test split
+(validation is a stratified part of its ``_TRAIN`` file), so test accuracies compare with
+published ones.
+
+``data.ucr.name`` names the problem. With ``data.ucr.path`` empty it is looked up among the
+datasets aeon has locally (its wheel bundles a few, e.g. GunPoint, ArrowHead, OSULeaf, ACSF1,
+BasicMotions, JapaneseVowels; nothing is downloaded); otherwise ``path`` is a directory holding
+``<name>_TRAIN.ts`` and ``<name>_TEST.ts`` (or a ``<name>/`` folder with them, the archive's
+layout). Series of unequal length (e.g. JapaneseVowels) are padded at the end to the longest
+(``unequal_length: pad``, by ``prepare``, which records the lengths) or refused (``error``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.data.source import DataError, Loaded, Source, SourceParams, register_source
+
+
+class UcrParams(SourceParams):
+    name: str = Field("GunPoint", min_length=1)
+    path: str = ""
+    unequal_length: Literal["pad", "error"] = "pad"
+
+
+def _bundled() -> tuple[Path, list[str]]:
+    """Where aeon keeps the datasets its wheel ships, and their names."""
+    import aeon.datasets
+    from aeon.datasets.dataset_collections import get_downloaded_tsc_tsr_datasets
+
+    root = Path(aeon.datasets.__file__).parent / "data"
+    return root, get_downloaded_tsc_tsr_datasets(str(root))
+
+
+def _files(params: UcrParams) -> dict[str, Path]:
+    """The archive files of the train and test splits."""
+    name = params.name
+    if not params.path:
+        root, bundled = _bundled()
+        if name not in bundled:
+            raise DataError(f"data.ucr.name={name!r}: not among the datasets aeon ships ({', '.join(bundled)}); "
+                            f"nothing is downloaded: fetch the archive (timeseriesclassification.com) and set "
+                            f"data.ucr.path to the folder holding {name}_TRAIN.ts and {name}_TEST.ts")
+        return {"train": root / name / f"{name}_TRAIN.ts", "test": root / name / f"{name}_TEST.ts"}
+    base = Path(params.path)
+    if not base.is_dir():
+        raise DataError(f"data.ucr.path={params.path!r}: not a directory")
+    for folder in (base, base / name):
+        files = {"train": folder / f"{name}_TRAIN.ts", "test": folder / f"{name}_TEST.ts"}
+        if all(f.is_file() for f in files.values()):
+            return files
+    missing = [f.name for f in files.values() if not (base / f.name).is_file() and not f.is_file()]
+    raise DataError(f"data.ucr.path={params.path!r}: missing {', '.join(missing)} (looked in {base} and {base / name})")
+
+
+def read_ts(file: Path) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray, dict]:
+    """Series, labels and header of one ``.ts`` file, its errors naming the file."""
+    from aeon.datasets import load_from_ts_file
+
+    try:
+        x, y, meta = load_from_ts_file(str(file), return_meta_data=True)
+    except (OSError, ValueError, IndexError, TypeError) as err:
+        raise DataError(f"{file}: not a readable .ts classification file ({type(err).__name__}: {err})") from None
+    if not meta.get("classlabel"):
+        raise DataError(f"{file}: the header declares no class labels (@classLabel true ...); "
+                        f"a regression problem is not a classification dataset")
+    return x, np.asarray(y), meta
+
+
+@register_source("ucr")
+class Ucr(Source):
+    Params = UcrParams
+
+    def describe(self, params: UcrParams) -> str:
+        return f"data.ucr.name={params.name!r}" + (f" in {params.path!r}" if params.path else "")
+
+    def load(self, params: UcrParams) -> Loaded:
+        files = _files(params)
+        splits, declared, channels = {}, None, set()
+        for split, file in files.items():
+            x, y, meta = read_ts(file)
+            if isinstance(x, list) or not meta.get("equallength", True):
+                if params.unequal_length == "error":
+                    raise DataError(f"{file}: series of unequal length; set data.ucr.unequal_length: pad "
+                                    f"to pad them at the end to the longest")
+                x = [np.asarray(s, dtype=np.float64) for s in x]
+                channels |= {s.shape[0] for s in x}
+            else:
+                channels.add(np.asarray(x).shape[1])
+            splits[split] = (x, y)
+            declared = declared or [str(c) for c in meta.get("class_values") or []] or None
+        if len(channels) > 1:
+            raise DataError(f"{self.describe(params)}: series with different numbers of channels {sorted(channels)}")
+        info = {"archive": params.name, "files": {s: str(f) for s, f in files.items()}}
+        return Loaded(splits, "sequence", {s: str(f) for s, f in files.items()}, classes=declared, info=info)

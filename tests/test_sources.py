@@ -1,0 +1,159 @@
+"""Every data source through ``prepare``: the splits it comes with are kept, labels of any type map
+to class indices recorded on the card, normalisation uses the training split only, and bad data is
+an error naming the file."""
+import numpy as np
+import pytest
+
+from pipeline.data.prepare import prepare
+from pipeline.data.source import DataError
+
+
+def _ucr(tiny_params, **over):
+    return tiny_params(**{"data.dataset": "ucr", **{f"data.ucr.{k}": v for k, v in over.items()}})
+
+
+def _aeon_file(name, split):
+    from aeon.datasets import load_from_ts_file
+
+    from pipeline.data.ucr import _bundled
+
+    root, _ = _bundled()
+    return load_from_ts_file(str(root / name / f"{name}_{split}.ts"))
+
+
+def test_ucr_keeps_the_archive_split(tiny_params):
+    """GunPoint: the archive's 150 test series are the test split, unchanged but for the training
+    split's normalisation; train + val are its 50 training series, val stratified."""
+    p = prepare(_ucr(tiny_params, name="GunPoint"))
+    card, a = p.card, p.arrays
+    assert card["name"] == "GunPoint" and card["input_shape"] == [1, 150] and card["classes"] == ["1", "2"]
+    assert card["num_samples"] == {"train": 42, "val": 8, "test": 150}
+    assert card["class_counts"]["val"] == [4, 4]
+    x_test, y_test = _aeon_file("GunPoint", "TEST")
+    x_train, _ = _aeon_file("GunPoint", "TRAIN")
+    mean, std = card["normalization"]["mean"][0], card["normalization"]["std"][0]
+    # scaled by the training split's statistics (test_npz_given_splits_are_kept: not the test split's)
+    train_all = np.concatenate([a["x_train"], a["x_val"]]) * std + mean
+    np.testing.assert_allclose([a["x_train"].mean(), a["x_train"].std()], [0, 1], atol=1e-5)
+    np.testing.assert_allclose(np.sort(train_all.ravel()), np.sort(x_train.ravel().astype(np.float32)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a["x_test"] * std + mean, x_test.astype(np.float32), rtol=1e-4, atol=1e-4)
+    assert [card["classes"][i] for i in a["y_test"]] == list(y_test)
+
+
+def test_ucr_multivariate_text_labels_and_unequal_length(tiny_params):
+    p = prepare(_ucr(tiny_params, name="BasicMotions"))
+    assert p.card["input_shape"] == [6, 100] and p.card["num_classes"] == 4
+    assert p.card["classes"] == ["standing", "running", "walking", "badminton"]  # the header's order
+    assert len(p.card["normalization"]["mean"]) == 6
+
+    p = prepare(_ucr(tiny_params, name="JapaneseVowels"))
+    lengths = p.card["lengths"]
+    assert p.card["input_shape"] == [12, 29] and lengths["padded_to"] == 29 and lengths["min"] == 7
+    x_test, _ = _aeon_file("JapaneseVowels", "TEST")
+    short = int(np.argmin([s.shape[1] for s in x_test]))
+    n = x_test[short].shape[1]
+    assert np.all(p.arrays["x_test"][short, :, n:] == 0) and np.any(p.arrays["x_test"][short, :, :n] != 0)
+    with pytest.raises(DataError, match="JapaneseVowels_TRAIN.ts: series of unequal length"):
+        prepare(_ucr(tiny_params, name="JapaneseVowels", unequal_length="error"))
+
+
+def test_ucr_from_a_folder_and_its_errors(tiny_params, workdir):
+    from pipeline.data.ucr import _bundled
+
+    root, _ = _bundled()
+    (workdir / "arch" / "GunPoint").mkdir(parents=True)
+    for split in ("TRAIN", "TEST"):
+        name = f"GunPoint/GunPoint_{split}.ts"
+        (workdir / "arch" / name).write_bytes((root / name).read_bytes())
+    a = prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "arch")))
+    assert a.card["sha256"] == prepare(_ucr(tiny_params, name="GunPoint")).card["sha256"]
+    with pytest.raises(DataError, match="'Nope': not among the datasets aeon ships"):
+        prepare(_ucr(tiny_params, name="Nope"))
+    with pytest.raises(DataError, match="missing Coffee_TRAIN.ts, Coffee_TEST.ts"):
+        prepare(_ucr(tiny_params, name="Coffee", path=str(workdir / "arch")))
+    bad = workdir / "arch" / "GunPoint" / "GunPoint_TEST.ts"
+    bad.write_text("@problemName GunPoint\n@univariate true\n@classLabel true 1 2\n@data\n0.1,0.2,zz:1\n")
+    with pytest.raises(DataError, match="GunPoint_TEST.ts"):
+        prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "arch")))
+
+
+def test_table_csv_and_parquet(tiny_params, workdir):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"age": rng.integers(20, 70, 90), "income": rng.normal(5e4, 1e4, 90),
+                          "flag": rng.integers(0, 2, 90).astype(bool), "kind": np.array(["cat", "dog", "eel"] * 30)})
+    frame.to_csv(workdir / "t.csv", index=False)
+    frame.to_parquet(workdir / "t.parquet")
+    for f in ("t.csv", "t.parquet"):
+        p = prepare(tiny_params(**{"data.dataset": "table", "data.table.path": f, "data.table.label_column": "kind"}))
+        card = p.card
+        assert card["input_shape"] == [1, 3] and card["features"] == ["age", "income", "flag"]
+        assert card["classes"] == ["cat", "dog", "eel"] and card["normalization"]["mode"] == "feature"
+        np.testing.assert_allclose(p.arrays["x_train"].mean(axis=0), 0, atol=1e-5)  # each column on its own
+        np.testing.assert_allclose(p.arrays["x_train"].std(axis=0), 1, atol=1e-4)
+        assert p.arrays["norm_mean"].shape == (1, 3) and p.arrays["norm_mean"][0, 1] > 1e4
+    frame.assign(city=["x"] * 90).to_csv(workdir / "bad.csv", index=False)
+    with pytest.raises(DataError, match="bad.csv.*column 'city' is not numeric"):
+        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "bad.csv", "data.table.label_column": "kind"}))
+    with pytest.raises(DataError, match="no label column 'label'"):
+        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "t.csv"}))
+    frame.iloc[:20].assign(kind="wolf").to_csv(workdir / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"test.csv.*\['wolf'\] do not occur in the training split"):
+        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "t.csv", "data.table.label_column": "kind",
+                               "data.table.test_path": "test.csv"}))
+
+
+def _images(root, classes, n, size=(10, 12), mode="L"):
+    from PIL import Image
+
+    rng = np.random.default_rng(len(classes))
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            shape = size[::-1] if mode == "L" else (*size[::-1], 3)
+            Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / c / f"{i}.png")
+
+
+def test_image_folder_pooled_and_given_splits(tiny_params, workdir):
+    _images(workdir / "pool", ["ant", "bee"], 12)
+    p = prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "pool", "data.images.image_size": 8}))
+    assert p.card["input_shape"] == [1, 8, 8] and p.card["classes"] == ["ant", "bee"] and p.card["mode"] == "grayscale"
+    assert sum(p.card["num_samples"].values()) == 24
+
+    _images(workdir / "given" / "train", ["a", "b", "c"], 8, mode="RGB")
+    _images(workdir / "given" / "test", ["a", "b", "c"], 3, mode="RGB")
+    p = prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "given", "data.images.image_size": [6, 4]}))
+    assert p.card["input_shape"] == [3, 6, 4] and p.card["num_samples"]["test"] == 9
+    assert p.card["num_samples"]["train"] + p.card["num_samples"]["val"] == 24
+    (workdir / "given" / "test" / "a" / "0.png").write_bytes(b"no png")
+    with pytest.raises(DataError, match=r"given/test/a/0.png: not a readable image"):
+        prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "given"}))
+    (workdir / "empty" / "x").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images"):
+        prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "empty"}))
+
+
+def test_npz_given_splits_are_kept(tiny_params, workdir):
+    rng = np.random.default_rng(1)
+    x_tr, x_te, x_va = rng.normal(size=(40, 16)), rng.normal(size=(10, 16)) + 3, rng.normal(size=(8, 16))
+    y_tr, y_te, y_va = np.arange(40) % 2 + 7, np.arange(10) % 2 + 7, np.arange(8) % 2 + 7
+    np.savez(workdir / "s.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    p = prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "s.npz"}))
+    assert p.card["num_samples"]["test"] == 10 and p.card["classes"] == [7, 8]
+    mean = np.array(p.card["normalization"]["mean"])
+    assert abs(mean[0] - x_tr.mean()) < 0.2 < abs(mean[0] - np.concatenate([x_tr, x_te]).mean())
+    np.testing.assert_allclose(p.arrays["x_test"][:, 0] * p.card["normalization"]["std"][0] + mean[0], x_te, rtol=1e-4)
+    np.savez(workdir / "v.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, x_val=x_va, y_val=y_va)
+    p = prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": "v.npz"}))
+    assert p.card["num_samples"] == {"train": 40, "val": 8, "test": 10}
+
+
+def test_report_data_section_maps_indices_to_labels(tiny_params):
+    from pipeline.reporting.data_section import data_markdown
+
+    card = prepare(_ucr(tiny_params, name="BasicMotions")).card
+    text = data_markdown(card)
+    assert "**BasicMotions** (source `ucr`)" in text and "train 32, val 8, test 40" in text
+    assert "| 0 | standing | 8 | 2 | 10 |" in text and "| 3 | badminton |" in text
+    assert "training split only" in text and card["sha256"][:16] in text
