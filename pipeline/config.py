@@ -11,6 +11,7 @@ family registry (``pipeline.models.family``): its typed params, default space an
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -189,8 +190,46 @@ class ModelsCfg(_PerFamily):
         return family.Params, Field(default_factory=family.Params)
 
 
+BUILTIN_OPTIMIZERS = ("sgd", "sgd_momentum", "adam", "adamw", "adagrad", "rmsprop")
+
+
+def _import_spec(kind: str, base: str, first_arg: str):
+    """A validator of ``{target: "module:Class", **keywords}``: the class imports, is a subclass of
+    ``base`` (e.g. torch.optim.Optimizer) and takes the keywords."""
+
+    def check(spec: Any) -> Any:
+        if not isinstance(spec, dict) or "target" not in spec:
+            raise ValueError(f"a {kind} is a mapping with 'target' (an import path like 'torch.optim:RMSprop') "
+                             f"and its keyword arguments")
+        from pipeline.imports import check_keywords, resolve
+
+        cls = resolve(spec["target"], "@target")
+        module, _, name = base.rpartition(".")
+        base_cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, base_cls)):
+            raise ValueError(f"@target: {spec['target']!r} is not a {base} subclass")
+        kwargs = {k: v for k, v in spec.items() if k != "target"}
+        try:
+            check_keywords(cls, kwargs, "", positional=(first_arg, "lr") if kind == "optimizer" else (first_arg,))
+        except ValueError as err:
+            raise ValueError(f"@{str(err).lstrip('.')}") from None
+        return spec
+
+    return check
+
+
+OptimizerSpec = Annotated[dict[str, Any], AfterValidator(_import_spec("optimizer", "torch.optim.Optimizer", "params"))]
+SchedulerSpec = Annotated[dict[str, Any], AfterValidator(
+    _import_spec("scheduler", "torch.optim.lr_scheduler.LRScheduler", "optimizer"))]
+
+
 class TrainCfg(_Strict):
-    optimizer: Literal["sgd", "sgd_momentum", "adam", "adamw"] = "adam"
+    # A built-in name, or any torch optimizer by import path with its keywords
+    # ({target: "torch.optim:RMSprop", alpha: 0.9}; lr and weight_decay come from below).
+    optimizer: Literal["sgd", "sgd_momentum", "adam", "adamw", "adagrad", "rmsprop"] | OptimizerSpec = "adam"
+    # A learning-rate scheduler by import path with its keywords, stepped once per epoch
+    # ({target: "torch.optim.lr_scheduler:CosineAnnealingLR", T_max: 30}); null: none.
+    scheduler: SchedulerSpec | None = None
     lr: float = Field(0.003, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)

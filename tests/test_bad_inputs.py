@@ -43,7 +43,7 @@ CASES = [
     ("zero-epochs", params_text(**{"train.max_epochs": 0}), ["train", "--family", "mlp"], "train.max_epochs"),
     ("negative-epochs", params_text(**{"train.max_epochs": -3}), ["train", "--family", "mlp"], "train.max_epochs"),
     ("zero-trial-epochs", params_text(**{"tune.search.max_epochs": 0}), ["tune", "--family", "mlp"], "tune.search.max_epochs"),
-    ("unknown-optimizer", params_text(**{"train.optimizer": "rmsprop"}), ["train", "--family", "mlp"], "train.optimizer"),
+    ("unknown-optimizer", params_text(**{"train.optimizer": "lion"}), ["train", "--family", "mlp"], "train.optimizer"),
     ("unknown-optimizer-in-space", params_text(**{"tune.space.train": {"optimizer": ["adam", "lion"]}}),
      ["tune", "--family", "mlp"], "tune.space.train"),
     ("empty-space-list", params_text(**{"tune.space.mlp": {"width": []}}), ["tune", "--family", "mlp"], "tune.space.mlp.width"),

@@ -57,7 +57,7 @@ def test_help_lists_the_stages(workdir):
     "text, expected",
     [
         ("train:\n  lr: -1\n", "train.lr"),
-        ("train:\n  optimizer: rmsprop\n", "train.optimizer"),
+        ("train:\n  optimizer: lion\n", "train.optimizer"),
         ("data:\n  dataset: cifar\n", "data.dataset"),
         ("trian:\n  lr: 0.1\n", "trian: unknown key"),
         ("train: [1, 2\n", "YAML syntax error at line"),

@@ -168,3 +168,30 @@ def test_training_learns_a_learnable_task_well_above_chance(tiny_params, workdir
     print(f"digits, tiny mlp: val {m['val_acc']:.3f}, test {acc:.3f}")
     assert m["val_acc"] > 0.5 and acc > 0.5
     assert evaluate_family(params, "mlp", meter=meter)["test_acc"] == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rmsprop", {"target": "torch.optim:NAdam", "momentum_decay": 0.003}])
+def test_optimizers_by_name_or_import_path_and_a_scheduler(tiny_params, prepared, meter, optimizer):
+    """AdaGrad and RMSprop are built in; any torch optimizer comes by import path with its keywords,
+    a scheduler too (stepped once per epoch); both are recorded on the run."""
+    import torch
+
+    from pipeline.training.module import build_optimizer, build_scheduler
+
+    params = tiny_params(**{"train.optimizer": optimizer, "train.lr": 0.01, "train.max_epochs": 2,
+                            "train.early_stopping_patience": 0,
+                            "train.scheduler": {"target": "torch.optim.lr_scheduler:StepLR", "step_size": 1, "gamma": 0.5}})
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], params.train)
+    want = torch.optim.NAdam if isinstance(optimizer, dict) else {"adagrad": torch.optim.Adagrad,
+                                                                   "rmsprop": torch.optim.RMSprop}[optimizer]
+    assert type(opt) is want and opt.defaults["lr"] == 0.01
+    if isinstance(optimizer, dict):
+        assert opt.defaults["momentum_decay"] == 0.003
+    sched = build_scheduler(opt, params.train)
+    assert isinstance(sched, torch.optim.lr_scheduler.StepLR)
+    train_family(params, "mlp", meter, prepared)
+    (run,) = _runs(params, "train")
+    logged = run.data.params
+    assert logged["train.scheduler.target"] == "torch.optim.lr_scheduler:StepLR"
+    assert (logged.get("train.optimizer") or logged.get("train.optimizer.target")) in (optimizer, "torch.optim:NAdam")
+    assert run.data.metrics["lr"] == pytest.approx(0.01 * 0.5)  # the second epoch's, after one step

@@ -30,6 +30,8 @@ class EpochRecorder(pl.Callback):
         if val_acc is not None and val_acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = val_acc, epoch
         row["val/acc_best"] = self.best_val_acc
+        if trainer.optimizers:  # the learning rate this epoch ran with (a scheduler steps after it)
+            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         row["time/epoch_s"] = segment.duration_s
         row["time/elapsed_s"] = so_far.duration_s
         if segment.energy_j is not None:

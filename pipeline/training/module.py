@@ -1,6 +1,7 @@
 """One LightningModule for classification, whatever the model family."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning.pytorch as pl
@@ -16,15 +17,40 @@ from pipeline.errors import NonFiniteLoss
 
 
 def build_optimizer(params, cfg: TrainCfg) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
+    """``train.optimizer``: a built-in name or ``{target, **keywords}`` (lr and weight_decay from
+    ``train``, unless the keywords set them)."""
+    opt = cfg.optimizer
+    if isinstance(opt, dict):
+        from pipeline.imports import resolve
+
+        cls = resolve(opt["target"], "train.optimizer.target")
+        kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **{k: v for k, v in opt.items() if k != "target"}}
+        if "weight_decay" not in inspect.signature(cls).parameters:
+            kwargs.pop("weight_decay")
+        return cls(params, **kwargs)
+    if opt == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd_momentum":
+    if opt == "sgd_momentum":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
+    if opt == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
+    if opt == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}")
+    if opt == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if opt == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer: unknown optimizer {opt!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCfg):
+    """``train.scheduler`` (``{target, **keywords}``) on ``optimizer``, or None."""
+    if cfg.scheduler is None:
+        return None
+    from pipeline.imports import resolve
+
+    cls = resolve(cfg.scheduler["target"], "train.scheduler.target")
+    return cls(optimizer, **{k: v for k, v in cfg.scheduler.items() if k != "target"})
 
 
 class Classifier(pl.LightningModule):
@@ -103,5 +129,19 @@ class Classifier(pl.LightningModule):
             )
         return {"train/loss": loss, "train/acc": acc}
 
+    def on_train_epoch_end(self):
+        # The scheduler steps once per epoch (manual optimization: Lightning leaves it to us);
+        # ReduceLROnPlateau on the epoch's validation loss.
+        sched = self.lr_schedulers()
+        if sched is None:
+            return
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if "val/loss" in self.last_val:
+                sched.step(self.last_val["val/loss"])
+        else:
+            sched.step()
+
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.cfg)
+        opt = build_optimizer(self.model.parameters(), self.cfg)
+        sched = build_scheduler(opt, self.cfg)
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
