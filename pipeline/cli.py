@@ -21,16 +21,21 @@ EXIT_INTERRUPTED = 130
 FAMILY_HELP = "a registered model family (the built-ins are those of params.yaml's families)"
 
 
-def _family(value: str) -> str:
-    if value not in families():
-        raise argparse.ArgumentTypeError(f"unknown family {value!r}; choose from {', '.join(families())}")
-    return value
+def _load(args):
+    """The params (which register the families named by import path), and ``--family`` checked
+    against the registered families."""
+    params = load_params(args.params, args.profile)
+    given = getattr(args, "family", None)
+    for value in [given] if isinstance(given, str) else given or []:
+        if value not in families():
+            raise ParamsError(f"--family: unknown family {value!r}; choose from {', '.join(families())}")
+    return params
 
 
 def cmd_prepare(args) -> int:
     from pipeline.data.prepare import prepare, save
 
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     prepared = prepare(params)
     data_path, card_path = save(prepared, params.data.dataset)
     card = prepared.card
@@ -47,7 +52,7 @@ def _meter(params):
 
 
 def cmd_train(args) -> int:
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     meter = _meter(params)
     from pipeline.training.train import train_family
 
@@ -59,7 +64,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     meter = _meter(params)
     from pipeline.tuning.tune import tune_family
 
@@ -71,7 +76,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     meter = _meter(params)
     from pipeline.evaluation.evaluate import evaluate_family
 
@@ -83,7 +88,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     meter = _meter(params)
     from pipeline.compression.compress import compress_family
 
@@ -97,7 +102,7 @@ def cmd_compress(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     meter = _meter(params)
     from pipeline.sweep import sweep_point
 
@@ -105,6 +110,22 @@ def cmd_sweep(args) -> int:
     energy = f"{m['energy_j']:.1f} J" if "energy_j" in m else "energy unavailable"
     print(f"sweep {args.family} width x{args.width} depth x{args.depth} ({m['params']} params): "
           f"test/acc {m['test_acc']:.4f}, training {energy}")
+    return 0
+
+
+def cmd_apply_profile(args) -> int:
+    """Merge profiles into the params file, so that ``dvc repro`` (which reads params.yaml) runs
+    them; validated first: a bad profile leaves the file as it was."""
+    import yaml
+
+    from pipeline.config import apply_profiles
+
+    files = [*args.profile, *args.files]
+    text = apply_profiles(args.params, files)
+    header = (f"# {args.params} with {', '.join(map(str, files))} merged on top by `python -m pipeline apply-profile`.\n"
+              f"# Every key: docs/params.md. `git checkout {args.params}` brings back the shipped defaults.\n")
+    args.params.write_text(header + yaml.safe_dump(text, sort_keys=False, default_flow_style=None, width=110))
+    print(f"{args.params}: merged {', '.join(map(str, files))} (families: {', '.join(text.get('families', []))})")
     return 0
 
 
@@ -123,7 +144,7 @@ def _compare(args) -> int:
     from pipeline.reporting.compare import Filters, parse_when, resolve_commit
     from pipeline.reporting.report import load, write_outputs
 
-    params = load_params(args.params, args.profile)
+    params = _load(args)
     filters = Filters(
         experiments=args.experiment, all_experiments=args.all_experiments, families=args.family,
         stages=args.stage, commits=[resolve_commit(c) for c in args.commit], dvc_exps=args.dvc_exp,
@@ -168,25 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", cmd_evaluate, "evaluate one trained family on the held-out test split"),
     ):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("--family", required=True, type=_family, help=FAMILY_HELP)
+        sp.add_argument("--family", required=True, help=FAMILY_HELP)
         if name == "evaluate":
             sp.add_argument("--variant", default="baseline", choices=["baseline", "tuned"],
                             help="the train stage's model (baseline) or the search's (tuned)")
         sp.set_defaults(func=func)
     sp = sub.add_parser("compress", help="int8 quantization, pruning and distillation variants of one family's "
                         "trained model(s), each measured like evaluate and tracked")
-    sp.add_argument("--family", required=True, type=_family, help=FAMILY_HELP)
+    sp.add_argument("--family", required=True, help=FAMILY_HELP)
     sp.add_argument("--source", default=None, choices=["baseline", "tuned"],
                     help="the model to compress (default: every one in compress.sources)")
     sp.set_defaults(func=cmd_compress)
     sp = sub.add_parser("sweep", help="one point of a family's model-size sweep: train with width and depth "
                         "multiplied, then test (the sweep stage's matrix runs every point of params.yaml's sweep)")
-    sp.add_argument("--family", required=True, type=_family, help=FAMILY_HELP)
+    sp.add_argument("--family", required=True, help=FAMILY_HELP)
     sp.add_argument("--width", default="1", help="width factor (multiplies the parameter the family names as its "
                     "width), e.g. 0.5 or 2")
     sp.add_argument("--depth", default="1", help="depth factor (multiplies the parameter the family names as its "
                     "depth), e.g. 1 or 2")
     sp.set_defaults(func=cmd_sweep)
+    sp = sub.add_parser("apply-profile", help="merge profile files into params.yaml (validated first), "
+                        "so that dvc repro runs them, e.g. profiles/ucr.yaml")
+    sp.add_argument("files", type=Path, nargs="+", metavar="PROFILE", help="partial params file(s), merged in order")
+    sp.set_defaults(func=cmd_apply_profile)
     for name, text in (
         ("compare", "compare models across families, searches, DVC experiments and commits (reads MLflow, "
                     "never retrains): Pareto fronts, tables, HTML + Markdown report"),
@@ -197,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--experiment", action="append", default=[], metavar="NAME",
                         help="MLflow experiment to read (repeatable; default: tracking.experiment_name)")
         sp.add_argument("--all-experiments", action="store_true", help="read every MLflow experiment of the store")
-        sp.add_argument("--family", action="append", default=[], type=_family, metavar="F",
+        sp.add_argument("--family", action="append", default=[], metavar="F",
                         help="only this model family (repeatable)")
         sp.add_argument("--stage", action="append", default=[], metavar="S",
                         help="only models made by this stage (repeatable): train, tune, sweep, compress")
@@ -288,8 +313,9 @@ def _run(args) -> int:
             print(f"interrupted ({type(err).__name__} while stopping)", file=sys.stderr)
             return EXIT_INTERRUPTED
         from pipeline.data.source import DataError
+        from pipeline.errors import FamilyError
 
-        if isinstance(err, DataError):
+        if isinstance(err, (DataError, FamilyError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
         from pipeline.errors import NonFiniteLoss

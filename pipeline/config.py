@@ -519,6 +519,11 @@ class SweepCfg(_Strict):
             family = get_family(name)
             if family.scale(family.Params(), 1.0, 1.0) is None:
                 raise ValueError(f"@families.{i}: family {name!r} cannot be swept: {NOT_SCALABLE}")
+            for w in self.widths:
+                for d in self.depths:
+                    if family.scale(family.Params(), w, d) is None:
+                        raise ValueError(f"@families.{i}: family {name!r} cannot be swept to width x{w}, depth x{d}: "
+                                         f"it declares {'no width_param' if family.width_param is None else 'no depth_param'}")
         return self
 
 
@@ -572,12 +577,22 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
 
 
 def parse_params(raw: object, source: Path | str = "params.yaml") -> Params:
-    """Validate an already-loaded mapping."""
+    """Validate an already-loaded mapping. Model families named by import path
+    (``models.<name>.target``) are registered first, so the rest validates against them."""
     source = Path(source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    models = raw.get("models")
+    if isinstance(models, dict) and any(isinstance(b, dict) and "target" in b for b in models.values()):
+        from pipeline.errors import FamilyError
+        from pipeline.models.user_family import register_from_params
+
+        try:
+            register_from_params(models)
+        except FamilyError as err:
+            raise ParamsError(f"{source}: invalid parameters:\n  {err}") from None
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
@@ -611,11 +626,8 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_params(path: Path | str = "params.yaml", profiles: tuple[Path | str, ...] = ()) -> Params:
-    """Read and validate a params file, with optional profiles (partial params files, e.g.
-    ``profiles/search-large.yaml``) merged on top in order; raise ParamsError naming the file,
-    line or key."""
-    path = Path(path)
+def _merged(path: Path, profiles: tuple[Path | str, ...]) -> tuple[object, Path]:
+    """The params file's mapping with the profiles merged on top, and the name errors give it."""
     raw = _read_yaml(path)
     source = path
     for profile in map(Path, profiles):
@@ -626,4 +638,20 @@ def load_params(path: Path | str = "params.yaml", profiles: tuple[Path | str, ..
             raise ParamsError(f"{profile}: a profile must be a mapping of params sections, got {type(extra).__name__}")
         raw = deep_merge(raw if isinstance(raw, dict) else {}, extra)
         source = Path(f"{path} + {profile}")
+    return raw, source
+
+
+def load_params(path: Path | str = "params.yaml", profiles: tuple[Path | str, ...] = ()) -> Params:
+    """Read and validate a params file, with optional profiles (partial params files, e.g.
+    ``profiles/search-large.yaml``) merged on top in order; raise ParamsError naming the file,
+    line or key."""
+    raw, source = _merged(Path(path), tuple(profiles))
     return parse_params(raw, source)
+
+
+def apply_profiles(path: Path | str, profiles: tuple[Path | str, ...] | list) -> dict:
+    """The params file's mapping with the profiles merged on top, validated (ParamsError naming
+    the key where the result is not valid params): what ``apply-profile`` writes back."""
+    raw, source = _merged(Path(path), tuple(profiles))
+    parse_params(raw, source)
+    return raw if isinstance(raw, dict) else {}

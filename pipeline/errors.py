@@ -4,3 +4,8 @@ from __future__ import annotations
 
 class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class FamilyError(ValueError):
+    """A user's model family (``models.<name>.target``) that cannot be used; the message names the
+    params key and what is wrong."""

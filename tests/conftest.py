@@ -40,7 +40,8 @@ def make_dvc_repo(d: Path, overrides: dict):
     from pipeline.config import deep_merge
 
     d.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(ROOT / "pipeline", d / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("pipeline", "examples"):
+        shutil.copytree(ROOT / code, d / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
     raw = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

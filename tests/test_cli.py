@@ -72,6 +72,7 @@ def test_bad_params_exit_2_naming_the_key_and_write_nothing(workdir, text, expec
 
 
 def test_unknown_family_is_rejected(workdir):
+    (workdir / "params.yaml").write_text("base: {seed: 1}\n")
     out = run_cli("train", "--family", "resnet", cwd=workdir)
     assert out.returncode == 2 and "unknown family 'resnet'" in out.stderr
 

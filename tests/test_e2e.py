@@ -1,4 +1,6 @@
-"""The real ``dvc repro`` in a temporary git repo with tiny params (slow: ~2-3 minutes)."""
+"""The real ``dvc repro`` in a temporary git repo with tiny params (slow: ~2-3 minutes): a UCR
+archive problem from the aeon wheel (GunPoint, its own train/test split) with a built-in family
+and the FCN example, a user family named by import path."""
 import csv
 import io
 import json
@@ -8,16 +10,21 @@ import sys
 import pytest
 import yaml
 
+from pipeline.config import parse_params
 from pipeline.models.family import get_family
 
 from .conftest import make_dvc_repo, tiny_raw
 
 # The module fixture runs the whole `dvc repro` (2-4 minutes on 2 cores) inside the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-# Two families, one with static int8 kernels and one without: the stage wiring is the same for every
-# family (tests/test_family_plugin.py runs a fifth one through every stage in-process).
-FAMILIES = ["mlp", "rnn"]
+# A built-in family and a user's (examples/fcn.py): the stage wiring is the same for every family
+# (tests/test_family_plugin.py runs a registered one through every stage in-process).
+FAMILIES = ["mlp", "fcn"]
 SWEEP_STAGE = "sweep@mlp-0.5-1"  # conftest's TINY sweeps mlp at half width
+OVERRIDES = {**tiny_raw(**{"data.dataset": "ucr", "data.ucr": {"name": "GunPoint"},
+                           "models.fcn": {"target": "examples.fcn:fcn", "channels": 4},
+                           "compress.distill.student.fcn": {"channels": 2}}), "families": FAMILIES}
+PARAMS = parse_params(OVERRIDES)  # registers fcn here too
 
 
 def sh(cmd, cwd, env, check=True):
@@ -30,7 +37,7 @@ def sh(cmd, cwd, env, check=True):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     d = tmp_path_factory.mktemp("e2e")
-    env, git = make_dvc_repo(d, {**tiny_raw(), "families": FAMILIES})
+    env, git = make_dvc_repo(d, OVERRIDES)
     first = sh(["dvc", "repro"], d, env)
     return d, env, git, first
 
@@ -57,7 +64,11 @@ def test_repro_runs_every_stage_and_tracks_every_run(repo):
             ev = json.loads((d / "metrics" / "evaluate" / f"{f}-{v}.json").read_text())
             assert 0 <= ev["test_acc"] <= 1 and ev["energy_per_1k_j"] > 0
             assert (d / "models" / f / v / "model.pt").is_file()
-    assert (d / "reports" / "report.md").read_text().count("|") > 20
+    card = json.loads((d / "data" / "prepared" / "ucr.card.json").read_text())  # the archive's own split kept
+    assert card["name"] == "GunPoint" and card["num_samples"]["test"] == 150
+    assert card["num_samples"]["train"] + card["num_samples"]["val"] == 50
+    report = (d / "reports" / "report.md").read_text()
+    assert report.count("|") > 20 and "fcn-baseline" in report and "GunPoint" in report
     assert (d / "reports" / "accuracy_vs_energy.png").stat().st_size > 1000
     page = (d / "reports" / "report.html").read_text()  # compare: every model row, sweep and compress included
     assert "mlp-sweep-w0.5-d1" in page and "mlp-baseline" in page and "data:image/png;base64," in page

@@ -2,11 +2,14 @@
 
 Each block is conv -> batch norm -> ReLU, followed by 2x max pooling while the spatial size is
 at least 4, so the same depth works on a 40-step sequence and on an 8x8 image. The last feature
-map is flattened (keeping position information) into the classifier. Every layer has eager int8
+map is flattened (keeping position information) into the classifier where it is short, averaged
+over its positions where it is long (``head``), so the classifier does not grow with the input. Every layer has eager int8
 CPU kernels, so static quantization applies (Conv+BatchNorm+ReLU fused); structured pruning
 removes whole channels.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +27,14 @@ class CNNParams(FamilyParams):
     depth: int = Field(3, ge=1)  # conv blocks
     kernel_size: int = Field(5, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    # How the last feature map reaches the classifier: flattened (keeps where a feature is), its
+    # global average (where it is does not matter: the same weights for any length), or auto:
+    # flattened while the map has at most 16 positions, global average beyond.
+    head: Literal["auto", "flatten", "global_avg"] = "auto"
+
+
+# auto: the longest final map that is flattened (a 40-step series ends with 5 positions).
+FLATTEN_MAX_POSITIONS = 16
 
 
 class CNN(nn.Module):
@@ -52,8 +63,13 @@ class CNN(nn.Module):
             channels_in = cfg.channels
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():  # derive the classifier's width from the input shape
-            flat = self.features(torch.zeros(1, *input_shape)).numel()
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(flat, num_classes))
+            out = self.features(torch.zeros(1, *input_shape))
+        positions = out[0, 0].numel()
+        if cfg.head == "global_avg" or (cfg.head == "auto" and positions > FLATTEN_MAX_POSITIONS):
+            pool_all = nn.AdaptiveAvgPool1d(1) if len(input_shape) == 2 else nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Sequential(pool_all, nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.channels, num_classes))
+        else:
+            self.head = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(out.numel(), num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

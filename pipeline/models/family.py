@@ -108,12 +108,17 @@ class Family(ABC):
 
     def scale(self, params: BaseModel, width_factor: float, depth_factor: float) -> BaseModel | None:
         """``params`` resized for the size sweep: ``width_param`` and ``depth_param`` multiplied
-        by the factors (rounded, at least 1). None: the family cannot be swept."""
-        if self.width_param is None or self.depth_param is None:
+        by the factors (rounded, at least 1). A family that names only one of them is swept along
+        that one (the other factor must be 1). None: the family cannot be swept to that point."""
+        if self.width_param is None and self.depth_param is None:
             return None
         hp = params.model_dump()
-        hp[self.width_param] = max(1, round(hp[self.width_param] * width_factor))
-        hp[self.depth_param] = max(1, round(hp[self.depth_param] * depth_factor))
+        for param, factor in ((self.width_param, width_factor), (self.depth_param, depth_factor)):
+            if param is None:
+                if factor != 1:
+                    return None
+                continue
+            hp[param] = max(1, round(hp[param] * factor))
         return self.Params.model_validate(hp)
 
     def student_overrides(self) -> dict[str, Any]:
@@ -170,6 +175,22 @@ _FAMILIES: Registry[Family] = Registry("model family", _builtins, reserved=RESER
 def register_family(name: str) -> Callable[[F], F]:
     """Class decorator: register an instance of the decorated ``Family`` subclass as ``name``."""
     return _FAMILIES.register(name)
+
+
+def add_family(name: str, family: Family, replace: bool = False) -> Family:
+    """Register the instance ``family`` as ``name`` (``replace``: a name registered before may be
+    given a new instance, as a user family is when params load again)."""
+    return _FAMILIES.add(name, family, replace=replace)
+
+
+def check_family_name(name: str) -> None:
+    """ValueError where ``name`` cannot be a family's name (a path component, a DVC matrix value)."""
+    _FAMILIES.check_name(name)
+
+
+def find_family(name: str) -> Family | None:
+    """The family registered as ``name``, or None."""
+    return _FAMILIES.items().get(name)
 
 
 def families() -> tuple[str, ...]:

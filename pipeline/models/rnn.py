@@ -1,5 +1,8 @@
 """The ``rnn`` family: a GRU or LSTM over the token sequence, optionally bidirectional.
 
+Tokens are ``patch_size`` consecutive steps; a long series is patched more coarsely, so that the
+cell runs at most ``max_tokens`` steps (a 40-step series: 40 steps; 427 steps: 62 patches of 7).
+
 The initial states are passed explicitly, shaped (num_layers * directions, batch, hidden) for
 both cells, and (h0, c0) for the LSTM. The last layer's final hidden state of each direction
 feeds the classifier. Eager static int8 has no kernel for the cells (dynamic int8 quantizes
@@ -17,7 +20,7 @@ from torch import nn
 
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.family import Family, FamilyParams, RecurrentUnits, register_family, weight_matrices
-from pipeline.models.tokens import ToTokens
+from pipeline.models.tokens import ToTokens, effective_patch
 
 
 class RNNParams(FamilyParams):
@@ -26,12 +29,16 @@ class RNNParams(FamilyParams):
     num_layers: int = Field(1, ge=1)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers
+    # Consecutive time steps (or image rows) grouped into one step of the cell ...
+    patch_size: int = Field(1, ge=1)
+    # ... raised for long inputs so that the cell runs at most this many steps (0: no limit).
+    max_tokens: int = Field(64, ge=0)
 
 
 class RNN(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, cfg: RNNParams):
         super().__init__()
-        self.tokens = ToTokens(input_shape)
+        self.tokens = ToTokens(input_shape, effective_patch(input_shape, cfg.patch_size, cfg.max_tokens))
         cell = {"gru": nn.GRU, "lstm": nn.LSTM}[cfg.cell]
         self.is_lstm = cfg.cell == "lstm"
         self.directions = 2 if cfg.bidirectional else 1

@@ -1,7 +1,8 @@
 """Turn the shared batch layout into a token sequence, for the families that read tokens.
 
 Sequences (B, C, L) become L tokens of C features; images (B, C, H, W) become H tokens (rows) of
-C*W features. ``patch`` groups that many consecutive tokens into one (zero-padding the end).
+C*W features. ``patch`` groups that many consecutive tokens into one (zero-padding the end); ``effective_patch``
+raises it for long inputs.
 """
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import math
 
 import torch
 from torch import nn
+
+
+def effective_patch(input_shape: tuple[int, ...], patch: int, max_tokens: int) -> int:
+    """The patch that families reading tokens use: ``patch``, or larger where the input is long
+    enough that ``patch`` would give more than ``max_tokens`` tokens (so the same defaults serve
+    a 40-step and a 1,000-step series: recurrence and attention cost grow with the token count).
+    ``max_tokens`` 0: ``patch`` as it is."""
+    steps = token_shape(input_shape)[0]
+    return patch if max_tokens <= 0 else max(patch, math.ceil(steps / max_tokens))
 
 
 def token_shape(input_shape: tuple[int, ...], patch: int = 1) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """The ``transformer`` family: token embedding + positional encoding, self-attention encoder
-layers (pre-norm), mean pooling over tokens, linear classifier.
+layers (pre-norm), mean pooling over tokens, linear classifier. A token is ``patch_size`` steps,
+more for a series long enough to give more than ``max_tokens`` tokens.
 
 PyTorch runs ``nn.TransformerEncoderLayer`` in eval mode on a fused fast path that torch's FLOP
 counter cannot see into and that a dynamically quantized Linear cannot take: the model counts its
@@ -21,7 +22,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pipeline.models.family import Family, FamilyParams, OutputUnits, register_family, weight_matrices
-from pipeline.models.tokens import ToTokens
+from pipeline.models.tokens import ToTokens, effective_patch
 
 
 class TransformerParams(FamilyParams):
@@ -29,8 +30,10 @@ class TransformerParams(FamilyParams):
     num_heads: int = Field(4, ge=1)
     num_layers: int = Field(2, ge=1)
     ff_mult: int = Field(2, ge=1)  # feed-forward width = ff_mult * d_model
-    # Consecutive time steps (or image rows) grouped into one token.
+    # Consecutive time steps (or image rows) grouped into one token ...
     patch_size: int = Field(4, ge=1)
+    # ... raised for long inputs so that there are at most this many tokens (0: no limit).
+    max_tokens: int = Field(64, ge=0)
     positional: Literal["sinusoidal", "learned"] = "sinusoidal"
     dropout: float = Field(0.1, ge=0, lt=1)
 
@@ -66,7 +69,7 @@ def sinusoidal_encoding(steps: int, d_model: int) -> torch.Tensor:
 class Transformer(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, cfg: TransformerParams):
         super().__init__()
-        self.tokens = ToTokens(input_shape, cfg.patch_size)
+        self.tokens = ToTokens(input_shape, effective_patch(input_shape, cfg.patch_size, cfg.max_tokens))
         self.embed = nn.Linear(self.tokens.features, cfg.d_model)
         if cfg.positional == "learned":
             self.pos = nn.Parameter(torch.zeros(1, self.tokens.steps, cfg.d_model))

@@ -5,6 +5,7 @@ import lightning.pytorch as pl
 
 from pipeline.energy import Measurement
 from pipeline.tracking import Run
+from pipeline.training.module import SCORE
 
 
 class EpochRecorder(pl.Callback):
@@ -17,8 +18,11 @@ class EpochRecorder(pl.Callback):
         self.run = run
         self.target = target_val_acc
         self.history: list[dict[str, float]] = []
+        # The kept checkpoint's epoch (best val/score) and its validation accuracy.
+        self.best_score = float("-inf")
         self.best_val_acc = float("-inf")
         self.best_epoch = -1
+        self.max_val_acc = float("-inf")
         self.target_reached: dict[str, float] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
@@ -26,10 +30,12 @@ class EpochRecorder(pl.Callback):
         so_far = self.measurement.total
         epoch = trainer.current_epoch
         row = {"epoch": epoch, **pl_module.compute_train_metrics(), **pl_module.last_val}
-        val_acc = row.get("val/acc")
-        if val_acc is not None and val_acc > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = val_acc, epoch
-        row["val/acc_best"] = self.best_val_acc
+        val_acc, score = row.get("val/acc"), row.get(SCORE)
+        if score is not None and score > self.best_score:
+            self.best_score, self.best_val_acc, self.best_epoch = score, val_acc, epoch
+        if val_acc is not None:
+            self.max_val_acc = max(self.max_val_acc, val_acc)
+        row["val/acc_best"] = self.max_val_acc
         if trainer.optimizers:  # the learning rate this epoch ran with (a scheduler steps after it)
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         row["time/epoch_s"] = segment.duration_s

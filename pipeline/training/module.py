@@ -53,6 +53,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainCfg):
     return cls(optimizer, **{k: v for k, v in cfg.scheduler.items() if k != "target"})
 
 
+# What picks the kept checkpoint and stops training early: validation accuracy, ties broken by
+# validation loss (see selection_score).
+SCORE = "val/score"
+
+
+def selection_score(acc: float, loss: float, n: int) -> float:
+    """Validation accuracy with ties broken by loss: ``acc - (loss / (1 + loss)) / n`` lies in
+    ((k - 1) / n, k / n] for k correct of n, so one more correct prediction always ranks higher,
+    and at equal accuracy the lower loss does. A small validation split (tens of series, as an
+    archive's train split leaves) reaches 100 % early and stays there; by accuracy alone the first
+    such epoch would be kept and training stopped, however much the model still improves."""
+    if not math.isfinite(loss):
+        return acc - 1.0 / max(n, 1)
+    return acc - (loss / (1.0 + loss)) / max(n, 1)
+
+
 class Classifier(pl.LightningModule):
     """Cross-entropy classifier. Metrics are computed once per epoch, never logged per step:
     on small models per-step overhead dominates. A training step only keeps its detached loss
@@ -74,6 +90,7 @@ class Classifier(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.last_val: dict[str, float] = {}
+        self._val_count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -105,13 +122,18 @@ class Classifier(pl.LightningModule):
         logits = self.model(x)
         self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=len(y))
         self.val_acc.update(logits, y)
+        self._val_count += len(y)
+
+    def on_validation_epoch_start(self):
+        self._val_count = 0
 
     def on_validation_epoch_end(self):
         acc, loss = self.val_acc.compute(), self.val_loss.compute()
         self.val_acc.reset(), self.val_loss.reset()
+        score = selection_score(float(acc), float(loss), self._val_count)
         # Logged once per epoch for early stopping, checkpointing and the progress bar.
-        self.log_dict({"val/acc": acc, "val/loss": loss}, prog_bar=True, on_epoch=True, batch_size=1)
-        self.last_val = {"val/acc": float(acc), "val/loss": float(loss)}
+        self.log_dict({"val/acc": acc, "val/loss": loss, SCORE: score}, prog_bar=True, on_epoch=True, batch_size=1)
+        self.last_val = {"val/acc": float(acc), "val/loss": float(loss), SCORE: score}
 
     def compute_train_metrics(self) -> dict[str, float]:
         """This epoch's train loss and accuracy; resets the accumulators. A NaN loss raises."""

@@ -32,7 +32,7 @@ from pipeline.models.saved import SPEC, save_model
 from pipeline.tracking import Run, base_tags, tracked_run
 from pipeline.training.callbacks import EpochRecorder
 from pipeline.training.data import PreparedDataModule
-from pipeline.training.module import Classifier
+from pipeline.training.module import SCORE, Classifier
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,11 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     })
     run.set_tags({"flops_note": profile.flops_note})
 
-    ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor="val/acc", mode="max",
+    ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=SCORE, mode="max",
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
     callbacks = [ckpt, *extra_callbacks]
     if cfg.early_stopping_patience > 0:
-        callbacks.append(EarlyStopping(monitor="val/acc", mode="max", patience=cfg.early_stopping_patience))
+        callbacks.append(EarlyStopping(monitor=SCORE, mode="max", patience=cfg.early_stopping_patience))
     with meter.measure() as measurement, torch_flags_restored():
         run.set_tags({"energy_method": meter.method})
         recorder = EpochRecorder(measurement, run, cfg.target_val_acc)
@@ -214,7 +214,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
             metrics["energy_to_target_j"] = reached["energy_j"]
     result.metrics = {k: v for k, v in metrics.items() if v is not None}
     run.log_metrics({f"final/{k}": v for k, v in result.metrics.items() if k != "energy_method"})
-    run.log_metrics({"val/acc_best": recorder.best_val_acc})
+    run.log_metrics({"val/acc_best": recorder.max_val_acc})
     return result
 
 
@@ -244,6 +244,7 @@ def train_family(params: Params, family: str, meter: EnergyMeter | None = None,
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
     card = prepared.card
+    build_model(model_spec(params, family, prepared))  # a family that cannot build fails before any run opens
     tags = {**base_tags("train", family, card), "variant": paths.BASELINE, "energy_method": "pending"}
     with tracked_run(params.tracking, f"train-{family}", tags) as run:
         result = fit(params, family, prepared, meter, run, paths.model_dir(family))

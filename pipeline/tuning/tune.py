@@ -21,8 +21,9 @@ from pipeline import interrupts, paths
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import J_PER_KWH, EnergyMeter
+from pipeline.models.factory import build_model
 from pipeline.tracking import base_tags, client_for, create_run, tracked_run
-from pipeline.training.train import export_run, fit, write_metrics
+from pipeline.training.train import export_run, fit, model_spec, write_metrics
 from pipeline.tuning import study as st
 from pipeline.tuning.objective import Objective
 from pipeline.tuning.space import baseline_point, split_params
@@ -162,6 +163,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
     card = prepared.card
+    build_model(model_spec(params, family, prepared))  # a family that cannot build fails before any store opens
     search = params.tune.search
     url = st.storage_url(params)
     storage = st.open_storage(url, search.heartbeat_s, params.tracking)
