@@ -121,11 +121,12 @@ def cmd_apply_profile(args) -> int:
     from pipeline.config import apply_profiles
 
     files = [*args.profile, *args.files]
-    text = apply_profiles(args.params, files)
-    header = (f"# {args.params} with {', '.join(map(str, files))} merged on top by `python -m pipeline apply-profile`.\n"
-              f"# Every key: docs/params.md. `git checkout {args.params}` brings back the shipped defaults.\n")
-    args.params.write_text(header + yaml.safe_dump(text, sort_keys=False, default_flow_style=None, width=110))
-    print(f"{args.params}: merged {', '.join(map(str, files))} (families: {', '.join(text.get('families', []))})")
+    merged = apply_profiles(args.params, files)
+    what = f"with {', '.join(map(str, files))} merged on top" if files else "completed"
+    header = (f"# {args.params} {what} by `python -m pipeline apply-profile`, every default spelt out.\n"
+              f"# Every key: docs/params.md. `git checkout {args.params}` brings back the shipped file.\n")
+    args.params.write_text(header + yaml.safe_dump(merged, sort_keys=False, default_flow_style=None, width=110))
+    print(f"{args.params}: {what} (families: {', '.join(merged['families'])})")
     return 0
 
 
@@ -208,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--depth", default="1", help="depth factor (multiplies the parameter the family names as its "
                     "depth), e.g. 1 or 2")
     sp.set_defaults(func=cmd_sweep)
-    sp = sub.add_parser("apply-profile", help="merge profile files into params.yaml (validated first), "
-                        "so that dvc repro runs them, e.g. profiles/ucr.yaml")
-    sp.add_argument("files", type=Path, nargs="+", metavar="PROFILE", help="partial params file(s), merged in order")
+    sp = sub.add_parser("apply-profile", help="merge profile files into params.yaml (validated first, every default "
+                        "spelt out), so that dvc repro runs them, e.g. profiles/ucr.yaml; with none, complete params.yaml "
+                        "(a new family's default search space, which DVC reads from the file)")
+    sp.add_argument("files", type=Path, nargs="*", metavar="PROFILE", help="partial params file(s), merged in order")
     sp.set_defaults(func=cmd_apply_profile)
     for name, text in (
         ("compare", "compare models across families, searches, DVC experiments and commits (reads MLflow, "

@@ -650,8 +650,9 @@ def load_params(path: Path | str = "params.yaml", profiles: tuple[Path | str, ..
 
 
 def apply_profiles(path: Path | str, profiles: tuple[Path | str, ...] | list) -> dict:
-    """The params file's mapping with the profiles merged on top, validated (ParamsError naming
-    the key where the result is not valid params): what ``apply-profile`` writes back."""
+    """The params file with the profiles merged on top, validated (ParamsError naming the key
+    where the result is not valid params), every key spelt out, defaults included: what
+    ``apply-profile`` writes back. DVC reads declared params from the file alone, so a family's
+    default search space (``tune.space.<name>``, declared by the family) must be written there."""
     raw, source = _merged(Path(path), tuple(profiles))
-    parse_params(raw, source)
-    return raw if isinstance(raw, dict) else {}
+    return parse_params(raw, source).model_dump(mode="json")

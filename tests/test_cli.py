@@ -82,3 +82,32 @@ def test_missing_prepared_data_says_what_to_run(workdir):
     out = run_cli("train", "--family", "mlp", cwd=workdir)
     assert out.returncode == 2 and "python -m pipeline prepare" in out.stderr
     assert not (workdir / "mlruns").exists()  # no run was opened for a stage that could not start
+
+
+def test_apply_profile_merges_into_params_yaml_and_refuses_a_bad_one(workdir, capsys):
+    """``apply-profile`` writes params.yaml with the profile merged on top (what ``dvc repro`` then
+    runs); a profile that makes the params invalid exits 2 naming the key and leaves the file as
+    it was."""
+    import yaml
+
+    from pipeline import cli
+    from pipeline.config import load_params
+
+    from .conftest import ROOT
+
+    (workdir / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (workdir / "examples").symlink_to(ROOT / "examples")
+    assert cli.main(["apply-profile", str(ROOT / "profiles" / "ucr.yaml")]) == 0
+    params = load_params(workdir / "params.yaml")
+    assert params.data.dataset == "ucr" and params.data.source_params.name == "GunPoint"
+    assert params.families[-1] == "fcn" and params.models.for_family("fcn").channels == 128
+    assert params.models.for_family("mlp").width == 256  # untouched keys kept
+    # Spelt out, as DVC reads declared params from the file: the family's own default space too.
+    written = yaml.safe_load((workdir / "params.yaml").read_text())
+    assert written["tune"]["space"]["fcn"] == {"channels": [32, 64, 128]}
+    before = (workdir / "params.yaml").read_text()
+    (workdir / "bad.yaml").write_text(yaml.safe_dump({"train": {"lr": -1}}))
+    capsys.readouterr()
+    assert cli.main(["apply-profile", "bad.yaml"]) == cli.EXIT_BAD_INPUT
+    assert "train.lr" in capsys.readouterr().err
+    assert (workdir / "params.yaml").read_text() == before
