@@ -124,19 +124,30 @@ class Run:
         training run they evaluate. False, with a warning, when that run is not in this store
         (a model restored from DVC's cache after the store was deleted, or trained elsewhere)."""
         from mlflow.entities import Metric
-        from mlflow.exceptions import MlflowException
 
         ts = int(time.time() * 1000)
         items = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None]
-        if not items:
+        return self._to_other(run_id, {"metrics": items}, "its test figures are logged on this run only")
+
+    def set_tags_to(self, run_id: str, tags: dict[str, Any], fallback: str) -> bool:
+        """Tag another (finished) run of the same store, as ``log_metrics_to`` logs to one;
+        ``fallback`` says in the warning where the information is when that run is missing."""
+        from mlflow.entities import RunTag
+
+        return self._to_other(run_id, {"tags": [RunTag(k, str(v)[:5000]) for k, v in tags.items()]}, fallback)
+
+    def _to_other(self, run_id: str, batch: dict, fallback: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        if not any(batch.values()):
             return True
         try:
-            self._client.log_batch(run_id, metrics=items)
+            self._client.log_batch(run_id, **batch)
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             log.warning("run %s is not in this MLflow store (model restored from DVC's cache, or trained "
-                        "with another store): its test figures are logged on this run only", run_id)
+                        "with another store): %s", run_id, fallback)
             return False
         return True
 

@@ -73,6 +73,11 @@ def test_a_callable_that_declares_nothing_is_skipped_with_reasons(on_path, workd
     assert set(m["variants"]) == {"quant_dynamic-int8"}
     assert "declares no static int8" in m["skipped"]["quant_static-int8"]
     assert "no prunable weights" in m["skipped"]["prune_global-0.5"]
+    from pipeline.tracking import client_for  # the reasons are on the trained model's MLflow run too
+
+    client, _ = client_for(params.tracking)
+    tags = client.get_run(m["source_run_id"]).data.tags
+    assert "no prunable weights" in tags["compress_skipped.prune_global-0.5"]
     # Declared in params instead of on the callable: every weight matrix may be pruned.
     params = parse_params(_raw({"target": "tests.user_models:linear", "hidden": 6, "prunable": True}, name="lin",
                                **{"train.max_epochs": 1}))

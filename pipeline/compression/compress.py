@@ -438,6 +438,10 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
         print(f"[{family}/{source}] {plan.name}: {metrics.get('energy_per_1k_j', float('nan')):.4f} J/1k predictions, "
               f"energy ratio {ratio if ratio is not None else float('nan'):.2f}", flush=True)
 
+    if skipped:  # what the family does not declare, on the run of the model it would have compressed
+        Run(client, source_run_id).set_tags_to(
+            source_run_id, {f"compress_skipped.{name}": reason for name, reason in skipped.items()},
+            "the skipped variants and their reasons are in the compress metrics file and the report")
     out = {
         "family": family,
         "source": source,
