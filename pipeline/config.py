@@ -652,7 +652,7 @@ def load_params(path: Path | str = "params.yaml", profiles: tuple[Path | str, ..
 def apply_profiles(path: Path | str, profiles: tuple[Path | str, ...] | list) -> dict:
     """The params file with the profiles merged on top, validated (ParamsError naming the key
     where the result is not valid params), every key spelt out, defaults included: what
-    ``apply-profile`` writes back. DVC reads declared params from the file alone, so a family's
-    default search space (``tune.space.<name>``, declared by the family) must be written there."""
+    ``apply-profile`` writes back (a family's default search space, declared by the family,
+    included)."""
     raw, source = _merged(Path(path), tuple(profiles))
     return parse_params(raw, source).model_dump(mode="json")

@@ -131,6 +131,19 @@ def chromium():
 
 
 @pytest.fixture(autouse=True)
+def _family_registry_restored():
+    """Params naming a family by import path register it for the process: each test starts from
+    the families registered before it, as a new command would."""
+    from pipeline.models import family
+
+    family.families()  # the built-ins register on the first look-up
+    before = dict(family._FAMILIES._items)
+    yield
+    family._FAMILIES._items.clear()
+    family._FAMILIES._items.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _signals_restored():
     """Stage code run in-process installs the pipeline's SIGINT/SIGTERM handlers; give pytest its
     own back after each test, so Ctrl-C still stops the test run."""

@@ -1,7 +1,6 @@
 """The compress stage: quantization, pruning, distillation; its params, outputs and tracking."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from pipeline.tracking import client_for
 from pipeline.training.data import Batches, split_tensors
 from pipeline.training.train import train_family
 
-from .conftest import ROOT, tiny_raw
+from .conftest import make_dvc_repo, tiny_raw
 
 FAMILIES = ["mlp", "cnn", "rnn", "transformer"]
 
@@ -450,22 +449,9 @@ def _sh(cmd, cwd, env):
 @pytest.mark.slow
 def test_dvc_reruns_compress_only_when_its_params_or_model_change(tmp_path):
     d = tmp_path
-    shutil.copytree(ROOT / "pipeline", d / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
-    def merge(base, over):
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in over.items()}}
-
-    raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()),
-                tiny_raw(**{"compress.techniques": ["prune"], "compress.prune.kinds": ["global"]}))
+    raw = tiny_raw(**{"compress.techniques": ["prune"], "compress.prune.kinds": ["global"]})
     raw["families"] = ["mlp"]
-    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    _sh(["git", "init", "-q"], d, env)
-    _sh(["dvc", "init", "-q"], d, env)
-    (d / ".gitignore").write_text("/mlruns/\n__pycache__/\n")
+    env, _ = make_dvc_repo(d, raw)
     stage = "compress@mlp-baseline"
     first = _sh(["dvc", "repro", stage], d, env)
     assert f"Running stage '{stage}'" in first and "Running stage 'train@mlp'" in first

@@ -24,7 +24,6 @@ SWEEP_STAGE = "sweep@mlp-0.5-1"  # conftest's TINY sweeps mlp at half width
 OVERRIDES = {**tiny_raw(**{"data.dataset": "ucr", "data.ucr": {"name": "GunPoint"},
                            "models.fcn": {"target": "examples.fcn:fcn", "channels": 4},
                            "compress.distill.student.fcn": {"channels": 2}}), "families": FAMILIES}
-PARAMS = parse_params(OVERRIDES)  # registers fcn here too
 
 
 def sh(cmd, cwd, env, check=True):
@@ -82,6 +81,7 @@ def test_repro_runs_every_stage_and_tracks_every_run(repo):
     compress_runs = [r for r in runs if r.data.tags["stage"] == "compress"]
     # quant_dynamic, quant_static (where the family has static int8 kernels), prune_global,
     # prune_structured, distill, scratch
+    parse_params(OVERRIDES)  # registers fcn in this process too (for this test only: conftest restores the registry)
     expected = {f: 6 if get_family(f).static_int8_unsupported is None else 5 for f in FAMILIES}
     assert len(compress_runs) == sum(expected.values())
     for r in compress_runs:

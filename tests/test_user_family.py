@@ -131,3 +131,14 @@ def test_a_model_that_cannot_serve_fails_before_any_run(on_path, workdir, capsys
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def test_a_user_family_searches_with_several_worker_processes(on_path, workdir, meter):
+    """Spawned workers get the params as data and register the family again (its Params class,
+    made when params load, cannot be pickled)."""
+    params = parse_params(_raw({"target": "tests.user_models:linear", "hidden": 4}, name="lin",
+                               **{"tune.search.n_workers": 2, "tune.search.n_trials": 3}))
+    prepared = prepare(params)
+    save(prepared, "mnist1d")
+    m = tune_family(params, "lin", meter, prepared)
+    assert m["trials"] == 3 and m["trials_failed"] == 0

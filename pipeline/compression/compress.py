@@ -17,6 +17,7 @@ Each variant is one MLflow run (tags ``stage=compress``, ``technique``, ``level`
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -440,7 +441,8 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
 
     if skipped:  # what the family does not declare, on the run of the model it would have compressed
         Run(client, source_run_id).set_tags_to(
-            source_run_id, {f"compress_skipped.{name}": reason for name, reason in skipped.items()},
+            source_run_id, {"compress_skipped." + re.sub(r"[^\w.\-/ ]", "_", name): reason  # MLflow's key characters
+                            for name, reason in skipped.items()},
             "the skipped variants and their reasons are in the compress metrics file and the report")
     out = {
         "family": family,

@@ -95,13 +95,17 @@ def run_worker(params: Params, family: str, url: str, worker: int, n_workers: in
         st.fail_silent_trials(study, grace_s=3 * search.heartbeat_s)
 
 
-def _worker_entry(*args) -> None:  # a spawned worker process
+def _worker_entry(raw_params: dict, *args) -> None:  # a spawned worker process
     from pipeline import interrupts
+    from pipeline.config import parse_params
 
     interrupts.install()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_worker(*args)
+        # The params travel as plain data and are validated again here, which registers the
+        # families named by import path in this process too (their Params classes are made at
+        # load time and cannot be pickled).
+        run_worker(parse_params(raw_params), *args)
     except KeyboardInterrupt:  # its trial is already marked interrupted and its run KILLED
         sys.exit(130)
 
@@ -209,7 +213,8 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
                 bar = tqdm(total=search.n_trials, initial=done, desc=f"tune {family}", unit="trial")
             progress = (lambda n: (setattr(bar, "n", n), bar.refresh())) if bar else None
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_entry, args=(params, family, url, i, n_workers), daemon=False)
+            raw = params.model_dump(mode="json")
+            procs = [ctx.Process(target=_worker_entry, args=(raw, family, url, i, n_workers), daemon=False)
                      for i in range(1, n_workers)]
             for p in procs:
                 p.start()
