@@ -234,6 +234,12 @@ def end_dangling_run(cfg: TrackingCfg, run_id: str, error: str) -> bool:
     return True
 
 
+def tag_run(cfg: TrackingCfg, run_id: str, tags: dict[str, Any]) -> None:
+    """Set tags on a run by id, whatever its state (a finished run's record corrected)."""
+    client, _ = client_for(cfg)
+    Run(client, run_id).set_tags(tags)
+
+
 @contextmanager
 def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: str | None = None,
                 finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[Run]:

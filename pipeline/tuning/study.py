@@ -48,9 +48,15 @@ class StaleTrialCallback:
         self.retry(study, trial)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if self.tracking is not None and run_id:
-            from pipeline.tracking import end_dangling_run
+            from pipeline.tracking import end_dangling_run, tag_run
 
-            end_dangling_run(self.tracking, run_id, "worker died: trial failed by the storage heartbeat, retried")
+            if not end_dangling_run(self.tracking, run_id, "worker died: trial failed by the storage heartbeat, retried"):
+                # Its run had ended: the worker died after it and before the study recorded the
+                # trial. The run's figures stand; the trial does not count, and was retried.
+                tag_run(self.tracking, run_id, {
+                    "trial_state": "FAIL",
+                    "error": "worker died after this run ended, before the study recorded the trial: failed by the "
+                             "storage heartbeat, retried"})
 
 
 def fail_silent_trials(study: optuna.Study, grace_s: float) -> list[int]:
