@@ -142,3 +142,17 @@ def test_a_user_family_searches_with_several_worker_processes(on_path, workdir, 
     save(prepared, "mnist1d")
     m = tune_family(params, "lin", meter, prepared)
     assert m["trials"] == 3 and m["trials_failed"] == 0
+
+
+def test_a_model_class_or_a_family_class_as_the_target(on_path):
+    """An nn.Module subclass is a callable like any other; a Family subclass brings its own Params
+    (bounds checked) and declarations."""
+    params = parse_params(_raw({"target": "tests.user_models:TinyNet", "hidden": 3}, name="tiny"))
+    model = get_family("tiny").build((1, 40), 10, params.models.for_family("tiny"))
+    assert type(model).__name__ == "TinyNet" and model.net[1].out_features == 3
+    params = parse_params(_raw({"target": "tests.user_models:LinearFamily", "hidden": 5}, name="linfam"))
+    family = get_family("linfam")
+    assert params.models.for_family("linfam").hidden == 5 and family.width_param == "hidden"
+    assert family.prunable(family.build((1, 40), 10, params.models.for_family("linfam")))
+    with pytest.raises(ParamsError, match=r"models\.linfam\.hidden"):
+        parse_params(_raw({"target": "tests.user_models:LinearFamily", "hidden": 0}, name="linfam"))

@@ -1,7 +1,10 @@
 """Callables a user might point ``models.<name>.target`` at, good and bad (tests/test_user_family.py)."""
 import math
 
+from pydantic import Field
 from torch import nn
+
+from pipeline.models.family import Family, FamilyParams, weight_matrices
 
 NOT_CALLABLE = 42
 
@@ -29,3 +32,31 @@ def raises(input_shape, num_classes):
 
 def takes_one(input_shape):
     return linear(input_shape, 2)
+
+
+class TinyNet(nn.Module):
+    """A model class as the target: its constructor takes (input_shape, num_classes, **keywords)."""
+
+    def __init__(self, input_shape, num_classes, hidden: int = 4):
+        super().__init__()
+        self.net = linear(input_shape, num_classes, hidden)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LinearParams(FamilyParams):
+    hidden: int = Field(8, ge=1)
+
+
+class LinearFamily(Family):
+    """A whole family from outside the package, named by target: its Params, build and pruning."""
+
+    Params = LinearParams
+    width_param = "hidden"
+
+    def build(self, input_shape, num_classes, params):
+        return linear(input_shape, num_classes, params.hidden)
+
+    def prunable(self, model):
+        return weight_matrices(model)

@@ -69,7 +69,7 @@ def family_from_block(name: str, block: dict) -> Family:
         raise FamilyError(str(err)) from None
     if isinstance(obj, type) and issubclass(obj, Family):
         return _family_class(name, target, obj)()
-    if isinstance(obj, type) or not callable(obj):
+    if not callable(obj):  # a function, or a class such as an nn.Module subclass taking (input_shape, num_classes)
         raise FamilyError(f"{key}.target: {target!r} is neither a callable returning a torch.nn.Module nor a "
                           f"Family subclass (got {type(obj).__name__})")
     return CallableFamily(name, target, obj, block)
