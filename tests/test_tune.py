@@ -267,8 +267,10 @@ def test_interrupted_study_resumes_with_its_trials(workdir, meter, signame):
     assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
 
 
-def _running_trials(db) -> int:
-    return sqlite_count(db, "SELECT count(*) FROM trials WHERE state = 'RUNNING'")
+def _running_trials_of(db, pid: int) -> int:
+    """RUNNING trials of the process ``pid`` (the objective records it when a trial starts)."""
+    return sqlite_count(db, "SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                            f"WHERE t.state = 'RUNNING' AND a.key = 'pid' AND a.value_json = '{pid}'")
 
 
 @pytest.mark.slow
@@ -284,8 +286,8 @@ def test_killed_worker_is_retried_and_two_commands_finish_exactly_n(workdir, met
     import yaml
 
     raw = tiny_raw(**{"train.early_stopping_patience": 0})
-    # Trials long enough (30 epochs, seconds even on an idle machine) that the kill 1.5 s after
-    # both commands started one lands inside a trial, never between two.
+    # Trials of 30 epochs (0.5 s or more): the kill, sent as soon as the second command's trial has
+    # started (its pid on a RUNNING trial) plus 0.3 s, lands inside that trial, never between two.
     raw["tune"] = {"search": {**TINY_SEARCH["tune"]["search"], "n_trials": 4, "max_epochs": 30, "heartbeat_s": 1,
                               "pruner": "none"},
                    "space": TINY_SEARCH["tune"]["space"]}
@@ -299,14 +301,14 @@ def test_killed_worker_is_retried_and_two_commands_finish_exactly_n(workdir, met
     second = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     db = workdir / "optuna" / "studies.db"
     deadline = time.monotonic() + 180
-    while _running_trials(db) < 2 and second.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _running_trials(db) != 2:
+    while not _running_trials_of(db, second.pid) and second.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not _running_trials_of(db, second.pid):
         second.kill()
         first.kill()
-        raise AssertionError("both commands should be running a trial:\n" + second.communicate()[0]
+        raise AssertionError("the second command should be running a trial:\n" + second.communicate()[0]
                              + "\n---\n" + first.communicate()[0])
-    time.sleep(1.5)  # into its training: its MLflow run is open
+    time.sleep(0.3)  # into its trial (its MLflow run is usually open by then)
     second.send_signal(signal.SIGKILL)
     second.wait(timeout=30)
     out, _ = first.communicate(timeout=300)

@@ -5,6 +5,7 @@ Every trial's energy is measured on its own, from its start to its end, and stor
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,9 @@ class Objective:
                 trial.set_user_attr(SURPLUS_ATTR, True)  # not run, not counted: Optuna marks it FAIL
                 raise
         train_cfg, hparams = sample(trial, self.params, self.family, self.params.tune.search.max_epochs)
+        # Which process runs it, from its start: a trial left RUNNING by a dead worker says whose it was.
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("pid", os.getpid())
         tags = {
             **base_tags("tune", self.family, self.prepared.card),
             "mlflow.parentRunId": self.parent_run_id,
@@ -86,7 +90,6 @@ class Objective:
             finally:
                 energy = result.energy
                 trial.set_user_attr("duration_s", time.perf_counter() - t0)
-                trial.set_user_attr("worker", self.worker)
                 if energy is not None and energy.energy_kwh is not None:
                     trial.set_user_attr(ENERGY_ATTR, energy.energy_kwh)
                     trial.set_user_attr("emissions_kg", energy.emissions_kg)
