@@ -44,19 +44,27 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _meter(params):
-    """Start CodeCarbon's hardware probe now, so it overlaps the heavy imports that follow."""
+def _meter(params, train: bool = False):
+    """Start CodeCarbon's hardware probe now, so it overlaps the heavy imports that follow. A
+    training command's meter reads only the GPU this process trains on (``train.devices``,
+    checked here: a GPU asked for where there is none fails before anything starts)."""
+    from pipeline.compute import resolve_devices
     from pipeline.energy import EnergyMeter
 
-    return EnergyMeter(params.energy).prewarm()
+    gpu_ids = resolve_devices(params.train).gpu_ids if train else None
+    return EnergyMeter(params.energy, gpu_ids=gpu_ids).prewarm()
 
 
 def cmd_train(args) -> int:
     params = _load(args)
-    meter = _meter(params)
+    meter = _meter(params, train=True)
     from pipeline.training.train import train_family
 
     m = train_family(params, args.family, meter)
+    from pipeline.compute import is_global_zero
+
+    if not is_global_zero():  # a DDP rank: rank 0 reports
+        return 0
     energy = f"{m['energy_j']:.1f} J" if "energy_j" in m else "energy unavailable"
     print(f"trained {args.family}: val/acc {m['val_acc']:.4f} (best epoch {m['best_epoch'] + 1}/{m['epochs']}), "
           f"{m['duration_s']:.1f} s, {energy}, {m['params']} params")
@@ -65,7 +73,7 @@ def cmd_train(args) -> int:
 
 def cmd_tune(args) -> int:
     params = _load(args)
-    meter = _meter(params)
+    meter = _meter(params, train=True)
     from pipeline.tuning.tune import tune_family
 
     m = tune_family(params, args.family, meter)
@@ -103,7 +111,7 @@ def cmd_compress(args) -> int:
 
 def cmd_sweep(args) -> int:
     params = _load(args)
-    meter = _meter(params)
+    meter = _meter(params, train=True)
     from pipeline.sweep import sweep_point
 
     m = sweep_point(params, args.family, args.width, args.depth, meter)
@@ -261,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(args)
         return code
     finally:
-        if code != 0:
+        from pipeline.compute import is_global_zero
+
+        if code != 0 and is_global_zero():  # a DDP rank's outputs are rank 0's
             _remove(created)
 
 

@@ -239,6 +239,37 @@ class TrainCfg(_Strict):
     early_stopping_patience: int = Field(8, ge=0)
     # Energy and time to first reach this validation accuracy are logged (absent if never reached).
     target_val_acc: float = Field(0.8, gt=0, le=1)
+    # Where training computes (docs/scale-out.md): auto (a GPU when torch sees one, else the CPU) | cpu | gpu.
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    # GPUs (a count or a list of ids), or on the CPU a number of processes; more than one: DDP.
+    devices: int | list[int] = Field(1)
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    # torch threads of a training process; auto: this machine's cores shared among the pipeline
+    # processes computing at the same time (dvc queue -j N, search workers, DDP ranks).
+    threads: int | Literal["auto"] = "auto"
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        if isinstance(v, list) and (not v or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError(f"a list of distinct device ids >= 0, got {v}")
+        return v
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 1024:
+            raise ValueError(f"a number of threads from 1 to 1024, or auto; got {v}")
+        return v
 
     @model_validator(mode="after")
     def _finite(self) -> TrainCfg:

@@ -69,6 +69,15 @@ class EnergyReading:
             method=self.method if self.method == other.method else f"{self.method}+{other.method}",
         )
 
+    @classmethod
+    def concurrent(cls, readings: list[EnergyReading]) -> EnergyReading:
+        """The reading of work done by several processes at once (the ranks of a DDP run): the
+        energies and emissions summed, the duration the longest."""
+        total = readings[0]
+        for r in readings[1:]:
+            total = total + r
+        return replace(total, duration_s=max(r.duration_s for r in readings))
+
     def metrics(self, prefix: str = "energy") -> dict[str, float]:
         """Flat metric dict (only measured values) with units in the names."""
         values = {
@@ -123,8 +132,9 @@ class _CodeCarbonChatter(logging.Filter):
 class EnergyMeter:
     """Measures blocks of this process's work with one shared CodeCarbon tracker."""
 
-    def __init__(self, cfg: EnergyCfg):
+    def __init__(self, cfg: EnergyCfg, gpu_ids: list[int] | None = None):
         self.cfg = cfg
+        self.gpu_ids = gpu_ids  # the GPUs this process computes on (None: every GPU CodeCarbon finds)
         self._tracker = None
         self._error: str | None = None
         self._ready = threading.Event()
@@ -153,6 +163,8 @@ class EnergyMeter:
                 )
                 if self.cfg.region:
                     kwargs["region"] = self.cfg.region
+                if self.gpu_ids is not None:
+                    kwargs["gpu_ids"] = self.gpu_ids
                 tracker = OfflineEmissionsTracker(**kwargs)
                 # Probe the hardware now (the costly part), outside any measured block.
                 tracker.start_task("probe")
@@ -245,6 +257,11 @@ class Measurement:
         self.segments.append(reading)
         self._task, self._t0 = self.meter._start()
         return reading
+
+    def replace_last(self, reading: EnergyReading) -> None:
+        """Put ``reading`` in place of the last closed segment (the same segment measured by
+        every rank of a distributed run, summed)."""
+        self.segments[-1] = reading
 
     def finish(self) -> EnergyReading:
         if self._open:

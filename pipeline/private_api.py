@@ -22,12 +22,24 @@ by a counter or estimated from load and TDP):
 - ``cpu_power_mode``: ``BaseEmissionsTracker._hardware`` and the CPU object's ``_mode``. No
   public field names the method (``EmissionsData`` and ``get_detected_hardware()`` name the CPU
   model and count, not how its power is obtained).
+
+Lightning (``compute.Devices``: a DDP rank that dies must end the run FAILED or KILLED, not
+leave it RUNNING):
+
+- ``ddp_strategy``: ``DDPStrategy._configure_launcher``, ``_SubprocessScriptLauncher`` (its
+  ``launch`` steps: ``cluster_environment``, ``_call_children_scripts``, ``procs``) and
+  ``_ChildProcessObserver._terminate_all``. Lightning's observer of the ranks it starts SIGKILLs
+  the main process as soon as one rank exits with an error (a Ctrl-C included), before the main
+  process can end its MLflow run; no public option changes that.
 """
 from __future__ import annotations
 
+import os
+import signal
+import time
 from typing import Any
 
-CHECKED = {"optuna": "5.0.0", "codecarbon": "3.3.2"}
+CHECKED = {"optuna": "5.0.0", "codecarbon": "3.3.2", "lightning": "2.6.6"}
 
 
 # ---------------------------------------------------------------- Optuna
@@ -68,3 +80,50 @@ def cpu_power_mode(tracker) -> str | None:
         if type(hw).__name__ == "CPU":
             return getattr(hw, "_mode", None)
     return None
+
+
+# ---------------------------------------------------------------- Lightning
+
+# How long the main process of a DDP run has, once a rank has died, to end its run and exit
+# before it is killed (a collective it waits in may never return).
+DDP_GRACE_S = 30.0
+
+
+def ddp_strategy(find_unused_parameters: bool = False):
+    """Lightning's DDP strategy, whose watcher of the ranks it starts asks the main process to
+    stop (SIGTERM: the pipeline ends its MLflow run and exits) when a rank exits with an error,
+    and kills it only if it is still there ``DDP_GRACE_S`` later. Lightning's own watcher kills
+    it (SIGKILL) at once, leaving its MLflow run RUNNING."""
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+    from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+    from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    class GracefulObserver(_ChildProcessObserver):
+        def _terminate_all(self) -> None:
+            for proc in self._child_processes:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            os.kill(self._main_pid, signal.SIGTERM)
+            time.sleep(DDP_GRACE_S)  # a daemon thread: it ends with the main process
+            for proc in self._child_processes:
+                if proc.poll() is None:
+                    proc.kill()
+            os.kill(self._main_pid, signal.SIGKILL)
+
+    class GracefulLauncher(_SubprocessScriptLauncher):
+        def launch(self, function, *args, trainer=None, **kwargs):  # Lightning's, with the observer above
+            self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+            if not self.cluster_environment.creates_processes_externally:
+                self._call_children_scripts()
+                GracefulObserver(main_pid=os.getpid(), child_processes=self.procs).start()
+            _set_num_threads_if_needed(num_processes=self.num_processes)
+            return function(*args, **kwargs)
+
+    class GracefulDDPStrategy(DDPStrategy):
+        def _configure_launcher(self) -> None:
+            super()._configure_launcher()
+            if type(self._launcher) is _SubprocessScriptLauncher:
+                self._launcher = GracefulLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+
+    return GracefulDDPStrategy(find_unused_parameters=find_unused_parameters)

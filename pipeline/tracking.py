@@ -187,6 +187,29 @@ class Run:
         self._client.log_dict(self.run_id, data, name)
 
 
+class NullRun(Run):
+    """The run handle of a process that computes but does not log: a rank other than 0 of a
+    distributed run (rank 0 holds the one MLflow run and logs what the ranks measured together)."""
+
+    def __init__(self):
+        super().__init__(None, "")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, background: bool = False) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dict(self, data: dict, name: str) -> None:
+        pass
+
+
 def _experiment_id(client, cfg: TrackingCfg, uri: str) -> str:
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is not None:
@@ -270,7 +293,8 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
         client.set_terminated(handle.run_id, status="FINISHED")
         raise
     except BaseException as err:
-        killed = isinstance(err, (KeyboardInterrupt, SystemExit))
+        # An error raised while stopping for a signal (a DDP peer gone) is the interrupt's doing.
+        killed = isinstance(err, (KeyboardInterrupt, SystemExit)) or interrupts.received() is not None
         try:
             try:
                 handle.flush()

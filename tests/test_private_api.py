@@ -21,8 +21,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed
 def test_the_installed_versions_are_the_checked_ones():
     """On an upgrade: run this file, then update ``private_api.CHECKED`` (and its docstring)."""
     import codecarbon
+    import lightning
 
-    installed = {"optuna": optuna.__version__, "codecarbon": codecarbon.__version__}
+    installed = {"optuna": optuna.__version__, "codecarbon": codecarbon.__version__, "lightning": lightning.__version__}
     assert installed == private_api.CHECKED
 
 
@@ -108,3 +109,20 @@ def test_the_cpu_power_mode_of_a_started_and_stopped_tracker():
     assert method.startswith(f"cpu={cpu_method};ram=estimate;gpu=")
     assert cpu_method != "unavailable"
     assert "gpu_count" in tracker.get_detected_hardware()  # the public field describe_method reads
+
+
+# ---------------------------------------------------------------- Lightning
+
+def test_the_ddp_strategy_starts_its_ranks_with_the_graceful_launcher():
+    """Lightning still configures its launcher where ``ddp_strategy`` replaces it (the failing-rank
+    test in test_scale_out.py shows what the replacement does)."""
+    import lightning.pytorch as pl
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=private_api.ddp_strategy(), logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    launcher = trainer.strategy.launcher
+    assert type(launcher).__name__ == "GracefulLauncher"
+    assert launcher.num_processes == 2 and launcher.procs == []
+    assert callable(_ChildProcessObserver._terminate_all)
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is False

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import torch
 
+from pipeline.compute import RankEnergy, share_threads
 from pipeline.energy import Measurement
 from pipeline.tracking import Run
 from pipeline.training.module import SCORE
@@ -11,10 +13,15 @@ from pipeline.training.module import SCORE
 class EpochRecorder(pl.Callback):
     """At each epoch end: close the epoch's energy segment, log train/val metrics and the
     epoch's energy (J) and mean power (W) as step metrics, and note when val/acc first reaches
-    the target (energy and time from the start of training)."""
+    the target (energy and time from the start of training). In a distributed run every rank
+    measures its own process and the epoch's energy is their sum. With ``threads: auto`` the
+    torch threads are shared out again for the next epoch (other processes may have started or
+    ended)."""
 
-    def __init__(self, measurement: Measurement, run: Run | None, target_val_acc: float):
+    def __init__(self, measurement: Measurement, run: Run | None, target_val_acc: float, threads: int | str = "auto"):
         self.measurement = measurement
+        self.threads = threads
+        self.ranks = RankEnergy()
         self.run = run
         self.target = target_val_acc
         self.history: list[dict[str, float]] = []
@@ -27,6 +34,9 @@ class EpochRecorder(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         segment = self.measurement.lap()
+        if trainer.world_size > 1:
+            segment = self.ranks.combine(segment)
+            self.measurement.replace_last(segment)
         so_far = self.measurement.total
         epoch = trainer.current_epoch
         row = {"epoch": epoch, **pl_module.compute_train_metrics(), **pl_module.last_val}
@@ -39,6 +49,8 @@ class EpochRecorder(pl.Callback):
         if trainer.optimizers:  # the learning rate this epoch ran with (a scheduler steps after it)
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         row["time/epoch_s"] = segment.duration_s
+        row["threads"] = torch.get_num_threads()  # what this epoch ran with; then shared out again
+        share_threads(self.threads, beside=trainer.num_devices)
         row["time/elapsed_s"] = so_far.duration_s
         if segment.energy_j is not None:
             row["energy/epoch_j"] = segment.energy_j

@@ -19,30 +19,47 @@ class Batches:
     so the same seed gives the same order whatever tensors ride along. The one batching of the
     train stage, the search's trials and the compress stage's fine-tuning and distillation."""
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, shuffle: bool, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        # (rank, world size): each rank of a distributed run takes every world-th sample. A
+        # shuffled (training) pass is padded by wrapping around, as torch's DistributedSampler
+        # does, so every rank takes the same number of steps; an evaluation pass is not padded
+        # (its metrics are summed over ranks, each sample counted once).
+        self.rank, self.world = shard
+
+    def _size(self) -> int:
+        n = len(self.tensors[0])
+        if self.world == 1:
+            return n
+        return math.ceil(n / self.world) if self.shuffle else len(range(self.rank, n, self.world))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.tensors[0]) / self.batch_size)
+        return math.ceil(self._size() / self.batch_size)
 
     def __iter__(self):
         n = len(self.tensors[0])
         tensors = self.tensors
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
+        if self.shuffle or self.world > 1:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            if self.world > 1:
+                if self.shuffle:
+                    order = order.repeat(math.ceil(self._size() * self.world / n))[:self._size() * self.world]
+                order = order[self.rank::self.world]
             tensors = tuple(t[order] for t in tensors)
-        for i in range(0, n, self.batch_size):
+        for i in range(0, len(tensors[0]), self.batch_size):
             yield tuple(t[i:i + self.batch_size] for t in tensors)
 
 
 class TensorBatches(Batches):
     """(x, y) mini-batches: ``Batches((x, y), ...)``."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-        super().__init__((x, y), batch_size, shuffle, seed)
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1)):
+        super().__init__((x, y), batch_size, shuffle, seed, shard)
 
 
 def split_tensors(prepared: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,11 +74,17 @@ class PreparedDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.card = prepared.card
 
+    def _shard(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self):
-        return TensorBatches(*split_tensors(self.prepared, "train"), self.batch_size, shuffle=True, seed=self.seed)
+        return TensorBatches(*split_tensors(self.prepared, "train"), self.batch_size, shuffle=True, seed=self.seed,
+                             shard=self._shard())
 
     def val_dataloader(self):
-        return TensorBatches(*split_tensors(self.prepared, "val"), self.eval_batch_size, shuffle=False)
+        return TensorBatches(*split_tensors(self.prepared, "val"), self.eval_batch_size, shuffle=False,
+                             shard=self._shard())
 
     def test_dataloader(self):
         return TensorBatches(*split_tensors(self.prepared, "test"), self.eval_batch_size, shuffle=False)

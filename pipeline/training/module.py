@@ -7,7 +7,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
@@ -87,10 +87,11 @@ class Classifier(pl.LightningModule):
         self._sizes: list[int] = []
         self._preds: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
+        # torchmetrics sums their states over the ranks of a distributed run when computed.
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_count = SumMetric()
         self.last_val: dict[str, float] = {}
-        self._val_count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -122,15 +123,12 @@ class Classifier(pl.LightningModule):
         logits = self.model(x)
         self.val_loss.update(nn.functional.cross_entropy(logits, y), weight=len(y))
         self.val_acc.update(logits, y)
-        self._val_count += len(y)
-
-    def on_validation_epoch_start(self):
-        self._val_count = 0
+        self.val_count.update(len(y))
 
     def on_validation_epoch_end(self):
-        acc, loss = self.val_acc.compute(), self.val_loss.compute()
-        self.val_acc.reset(), self.val_loss.reset()
-        score = selection_score(float(acc), float(loss), self._val_count)
+        acc, loss, count = self.val_acc.compute(), self.val_loss.compute(), int(self.val_count.compute())
+        self.val_acc.reset(), self.val_loss.reset(), self.val_count.reset()
+        score = selection_score(float(acc), float(loss), count)
         # Logged once per epoch for early stopping, checkpointing and the progress bar.
         self.log_dict({"val/acc": acc, "val/loss": loss, SCORE: score}, prog_bar=True, on_epoch=True, batch_size=1)
         self.last_val = {"val/acc": float(acc), "val/loss": float(loss), SCORE: score}
@@ -140,10 +138,18 @@ class Classifier(pl.LightningModule):
         if not self._sizes:
             return {}
         sizes = torch.tensor(self._sizes, dtype=torch.float32, device=self._losses[0].device)
-        loss = float((torch.stack(self._losses) * sizes).sum() / sizes.sum())
-        acc = float(multiclass_accuracy(torch.cat(self._preds), torch.cat(self._targets),
-                                        self.num_classes, average="micro"))
+        loss_sum = (torch.stack(self._losses).float() * sizes).sum()
+        preds, targets = torch.cat(self._preds), torch.cat(self._targets)
         self._losses, self._sizes, self._preds, self._targets = [], [], [], []
+        if self.trainer.world_size > 1:
+            # Each rank trained on its shard: the epoch's figures are over every rank's samples.
+            hits = multiclass_accuracy(preds, targets, self.num_classes, average="micro") * len(targets)
+            totals = self.trainer.strategy.reduce(torch.stack([loss_sum, sizes.sum(), hits.float()]),
+                                                  reduce_op="sum")
+            loss, acc = float(totals[0] / totals[1]), float(totals[2] / totals[1])
+        else:
+            loss = float(loss_sum / sizes.sum())
+            acc = float(multiclass_accuracy(preds, targets, self.num_classes, average="micro"))
         if not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"training loss became {loss} in epoch {self.current_epoch + 1}; "

@@ -21,7 +21,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from pipeline import paths
+from pipeline import interrupts, paths
+from pipeline.compute import cpu_slot, is_global_zero, resolve_devices, share_threads
 from pipeline.config import Params, TrainCfg
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
@@ -29,7 +30,7 @@ from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
 from pipeline.models.saved import SPEC, save_model
-from pipeline.tracking import Run, base_tags, tracked_run
+from pipeline.tracking import NullRun, Run, base_tags, tracked_run
 from pipeline.training.callbacks import EpochRecorder
 from pipeline.training.data import PreparedDataModule
 from pipeline.training.module import SCORE, Classifier
@@ -44,6 +45,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*You called `self.log.*")
     warnings.filterwarnings("ignore", message=".*`isinstance.*treespec.*")
+    # DDP: the validation figures logged are torchmetrics results, already summed over the ranks.
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     # models/<family>/<variant>/ also holds the exported weights next to the checkpoint.
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
@@ -98,16 +101,22 @@ class FitResult:
 
 def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run: Run, out_dir: Path, *,
         train_cfg: TrainCfg | None = None, hparams: dict | None = None,
-        extra_callbacks: Sequence = (), result: FitResult | None = None) -> FitResult:
+        extra_callbacks: Sequence = (), result: FitResult | None = None, distributed: bool = False) -> FitResult:
     """Train one model into ``out_dir`` (best.ckpt, model.pt, spec.json) and log it to ``run``.
 
     ``train_cfg`` and ``hparams`` override params.train and params.models.<family> (a trial's
-    choices). Pass ``result`` to read the energy spent when this raises.
+    choices). Pass ``result`` to read the energy spent when this raises. ``distributed``: train
+    on every device ``train.devices`` names, one process each (DDP: Lightning starts the other
+    ranks by running this command again; they compute and measure, rank 0 logs and writes);
+    otherwise on one device of that kind.
     """
     quiet_lightning()
     result = result if result is not None else FitResult()
     cfg = train_cfg or params.train
     card = prepared.card
+    devices = resolve_devices(cfg)
+    if not distributed:
+        devices = devices.single()
     pl.seed_everything(params.base.seed, workers=True, verbose=False)
     spec = model_spec(params, family, prepared, hparams)
     profile = profile_model(build_model(spec), spec.input_shape, spec.num_classes, cfg.batch_size)
@@ -141,32 +150,48 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     callbacks = [ckpt, *extra_callbacks]
     if cfg.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=SCORE, mode="max", patience=cfg.early_stopping_patience))
-    with meter.measure() as measurement, torch_flags_restored():
-        run.set_tags({"energy_method": meter.method})
-        recorder = EpochRecorder(measurement, run, cfg.target_val_acc)
-        trainer = pl.Trainer(
-            max_epochs=cfg.max_epochs,
-            accelerator="auto",
-            devices=1,
-            logger=False,
-            callbacks=[recorder, *callbacks],
-            enable_progress_bar=sys.stderr.isatty(),
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            deterministic="warn",
-            default_root_dir=str(out_dir),
-        )
-        try:
+    with cpu_slot():  # counted among the processes computing here while it trains
+        threads, threads_why = share_threads(cfg.threads, beside=devices.processes_per_node)
+        run.log_params({"compute": {**devices.record(), "threads": threads}})
+        run.set_tags({"threads_policy": threads_why})
+        with meter.measure() as measurement, torch_flags_restored():
+            run.set_tags({"energy_method": meter.method})
+            recorder = EpochRecorder(measurement, run, cfg.target_val_acc, threads=cfg.threads)
+            trainer = pl.Trainer(
+                max_epochs=cfg.max_epochs,
+                **devices.trainer_kwargs(),
+                logger=False,
+                callbacks=[recorder, *callbacks],
+                enable_progress_bar=sys.stderr.isatty(),
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                deterministic="warn",
+                default_root_dir=str(out_dir),
+            )
+            trained = False
             try:
-                trainer.fit(module, datamodule=datamodule)
-            except SystemExit as exit_:
-                reraise_interrupt(trainer, exit_)
-        finally:
-            # Whatever happened, the energy spent so far belongs to the run.
-            result.energy = measurement.finish()
-            result.history = recorder.history
-            run.log_metrics(result.energy.metrics("energy"))
+                try:
+                    trainer.fit(module, datamodule=datamodule)
+                except SystemExit as exit_:
+                    reraise_interrupt(trainer, exit_)
+                trained = True
+            finally:
+                # Whatever happened, the energy spent so far belongs to the run.
+                measurement.finish()
+                if trained and devices.world_size > 1:  # every rank is here: its last segment too
+                    measurement.replace_last(recorder.ranks.combine(measurement.segments[-1]))
+                result.energy = measurement.total
+                result.history = recorder.history
+                run.log_metrics(result.energy.metrics("energy"))
+                if devices.world_size > 1:
+                    run.log_metrics({"energy/processes": devices.world_size, **recorder.ranks.metrics()})
+                    run.set_tags({"energy_summed": (
+                        f"{devices.world_size} processes (DDP ranks), each measured by its own CodeCarbon tracker "
+                        "(process mode); summed over ranks at every epoch end and after training, duration the "
+                        "slowest rank's" + ("" if trained else "; the epoch that was interrupted: rank 0 only"))})
     energy = result.energy
+    if not is_global_zero():  # the other ranks measured and computed; rank 0 writes the model
+        return result
 
     if ckpt.best_model_path:
         best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
@@ -192,6 +217,8 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         "emissions_kg": energy.emissions_kg,
         "mean_power_w": energy.mean_power_w,
         "energy_method": energy.method,
+        "energy_processes": devices.world_size,
+        "threads": threads,
         "params": profile.params_total,
         "param_bytes": profile.param_bytes,
         "flops_per_sample_inference": profile.flops_per_sample_inference,
@@ -245,9 +272,13 @@ def train_family(params: Params, family: str, meter: EnergyMeter | None = None,
     prepared = prepared or load_prepared(params.data.dataset)
     card = prepared.card
     build_model(model_spec(params, family, prepared))  # a family that cannot build fails before any run opens
+    resolve_devices(params.train)  # nor can a device that is not there
+    if not is_global_zero():  # a DDP rank started by rank 0: computes and measures, logs nothing
+        interrupts.defer()
+        return fit(params, family, prepared, meter, NullRun(), paths.model_dir(family), distributed=True).metrics
     tags = {**base_tags("train", family, card), "variant": paths.BASELINE, "energy_method": "pending"}
     with tracked_run(params.tracking, f"train-{family}", tags) as run:
-        result = fit(params, family, prepared, meter, run, paths.model_dir(family))
+        result = fit(params, family, prepared, meter, run, paths.model_dir(family), distributed=True)
         export_run(result, run, family, paths.BASELINE, card)
         write_metrics(result.metrics, paths.train_metrics(family))
     return result.metrics

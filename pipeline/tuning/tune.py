@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from pipeline import interrupts, paths
+from pipeline.compute import share_threads
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import J_PER_KWH, EnergyMeter
@@ -53,11 +53,9 @@ def run_worker(params: Params, family: str, url: str, worker: int, n_workers: in
     the timeout passes or the energy budget is spent. ``wait_for_others``: then wait for trials
     still running elsewhere, and run again any whose worker died."""
     import optuna
-    import torch
 
     _quiet_optuna()
-    if n_workers > 1:  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+    share_threads(params.train.threads, beside=n_workers)  # the other workers are starting too
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
 
