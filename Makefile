@@ -4,7 +4,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install pipeline test test-fast test-browser lint compare ui bench bench-compare
+.PHONY: install pipeline test test-fast test-browser lint compare ui server bench bench-compare
 
 install:
 	bash scripts/install.sh
@@ -34,6 +34,11 @@ test-browser: install
 ## Compare every model in the MLflow store (Pareto fronts, tables): reports/report.html and report.md.
 compare: install
 	python -m pipeline compare
+
+## A shared MLflow tracking server on http://127.0.0.1:5000, PostgreSQL as its store (docs/scale-out.md);
+## log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Override: make server ARGS="--port 5001".
+server: install
+	python -m pipeline server $(ARGS)
 
 ## Browse the runs: MLflow UI on http://127.0.0.1:5000 (runs table: /#/experiments/1/runs?workflowType=machine_learning)
 ui:

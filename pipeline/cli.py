@@ -138,6 +138,16 @@ def cmd_apply_profile(args) -> int:
     return 0
 
 
+def cmd_server(args) -> int:
+    import os
+
+    from pipeline.server import DEFAULT_BACKEND, serve
+
+    serve(args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or DEFAULT_BACKEND,
+          args.artifacts, args.host, args.port, args.workers)
+    return 0  # not reached: the process became the server
+
+
 def cmd_compare(args) -> int:
     """``compare`` and the ``report`` stage (the same code, the same default scope)."""
     from pipeline.reporting.store import gc_paused
@@ -222,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a new family's default search space, which DVC reads from the file)")
     sp.add_argument("files", type=Path, nargs="*", metavar="PROFILE", help="partial params file(s), merged in order")
     sp.set_defaults(func=cmd_apply_profile)
+    sp = sub.add_parser("server", help="start the MLflow tracking server that several processes and machines log to: "
+                        "PostgreSQL as its store (the database created when missing), artifacts proxied into a folder")
+    sp.add_argument("--backend-store-uri", default=None, metavar="URI",
+                    help="where runs are kept (default: $MLFLOW_BACKEND_STORE_URI or postgresql://postgres@127.0.0.1:5432/mlflow)")
+    sp.add_argument("--artifacts", type=Path, default=Path("mlartifacts"), help="folder the server keeps artifacts in "
+                    "(default: mlartifacts)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--workers", type=int, default=2, help="server processes (default 2)")
+    sp.set_defaults(func=cmd_server)
     for name, text in (
         ("compare", "compare models across families, searches, DVC experiments and commits (reads MLflow, "
                     "never retrains): Pareto fronts, tables, HTML + Markdown report"),
@@ -325,9 +345,9 @@ def _run(args) -> int:
             print(f"interrupted ({type(err).__name__} while stopping)", file=sys.stderr)
             return EXIT_INTERRUPTED
         from pipeline.data.source import DataError
-        from pipeline.errors import FamilyError
+        from pipeline.errors import FamilyError, StoreError
 
-        if isinstance(err, (DataError, FamilyError)):
+        if isinstance(err, (DataError, FamilyError, StoreError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
         from pipeline.errors import NonFiniteLoss

@@ -9,3 +9,8 @@ class NonFiniteLoss(FloatingPointError):
 class FamilyError(ValueError):
     """A user's model family (``models.<name>.target``) that cannot be used; the message names the
     params key and what is wrong."""
+
+
+class StoreError(RuntimeError):
+    """A tracking store that cannot be reached or used (``tracking.tracking_uri`` or
+    ``MLFLOW_TRACKING_URI``); the message names the URI and where it came from."""

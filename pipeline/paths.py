@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,14 @@ def store_root() -> Path:
 
 
 def store_lock(url: str, name: str = ".init.lock") -> AbstractContextManager:
-    """An exclusive lock across processes (the ``filelock`` package), on the file ``name`` beside a
-    ``sqlite:///`` store, for the few moments where two pipeline processes must not race: creating
-    the SQLite stores (MLflow's and Optuna's schema migrations are not safe to run twice at once),
-    or a study's parent run. Other URLs (a server, PostgreSQL) get no lock: a no-op context."""
+    """An exclusive lock across processes, for the few moments where two pipeline processes must
+    not race: creating the SQLite stores (MLflow's and Optuna's schema migrations are not safe to
+    run twice at once), or a study's parent run. Beside a ``sqlite:///`` store: the file ``name``
+    (the ``filelock`` package). On a PostgreSQL database shared by several machines: a
+    PostgreSQL advisory lock keyed by ``name``, released by the server if the holder dies. Other
+    URLs (an MLflow server, which serialises its own writes) get a no-op context."""
+    if url.startswith("postgresql"):
+        return _advisory_lock(url, name)
     if not url.startswith("sqlite:///"):
         return nullcontext()
     from filelock import FileLock
@@ -36,6 +41,26 @@ def store_lock(url: str, name: str = ".init.lock") -> AbstractContextManager:
     lock = Path(url.removeprefix("sqlite:///")).parent / name
     lock.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(lock)
+
+
+@contextmanager
+def _advisory_lock(url: str, name: str) -> Iterator[None]:
+    import hashlib
+
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as con:
+            con.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                con.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
 
 
 def _json_default(value: Any) -> Any:

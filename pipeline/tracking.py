@@ -23,10 +23,19 @@ from typing import Any
 
 from pipeline import interrupts, paths
 from pipeline.config import TrackingCfg
+from pipeline.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: skip its DNS lookup
+# A tracking server that stops answering fails a call within about a minute, not after MLflow's
+# default of 7 retries with doubling waits of up to 120 s each. The environment wins.
+for _key, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+    os.environ.setdefault(_key, _value)
+
+# Reaching a tracking server before the first run: tries and the wait for each.
+PROBE_TRIES, PROBE_TIMEOUT_S = 3, 3.0
 
 
 def store_dir() -> Path:
@@ -42,6 +51,46 @@ def tracking_uri(cfg: TrackingCfg) -> str:
 
 def _is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:")
+
+
+def _origin(cfg: TrackingCfg) -> str:
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.tracking_uri"
+
+
+def redact(url: str) -> str:
+    """A store's URL (MLflow's, Optuna's) without its password, fit for logs, tags and reports."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def check_server(uri: str, origin: str) -> None:
+    """A tracking server answers MLflow's ``/health`` (bounded tries, seconds each), or a
+    StoreError names the URI, where it came from and what happened."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    error = ""
+    for attempt in range(PROBE_TRIES):
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as r:
+                body = r.read(64).decode(errors="replace").strip()
+            if body == "OK":
+                return
+            error = f"{url} answered {body[:40]!r}, not MLflow's 'OK': is this an MLflow tracking server?"
+            break
+        except urllib.error.HTTPError as err:
+            error = f"{url} answered HTTP {err.code}: is this an MLflow tracking server?"
+            break
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            error = f"no answer ({getattr(err, 'reason', err)})"
+        interrupts.sleep(0.5 * 2 ** attempt) if attempt + 1 < PROBE_TRIES else None
+    raise StoreError(f"{origin}: the MLflow tracking server {redact(uri)} cannot be used: {error} "
+                     f"({PROBE_TRIES} tries). Start it (make server) or fix the URI")
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -233,9 +282,19 @@ def client_for(cfg: TrackingCfg):
 
     interrupts.defer()  # from the first store on, a signal ends what was started, at a safe point
     uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")) and uri not in _checked:
+        check_server(uri, _origin(cfg))
+        _checked.add(uri)
     # Creating the client creates or migrates a SQLite store's schema: one process at a time.
-    with paths.store_lock(uri):
-        return MlflowClient(tracking_uri=uri), uri
+    try:
+        with paths.store_lock(uri):
+            return MlflowClient(tracking_uri=uri), uri
+    except Exception as err:  # an unknown scheme, a database that refuses the connection
+        raise StoreError(f"{_origin(cfg)}: the MLflow store {redact(uri)} cannot be used: "
+                         f"{type(err).__name__}: {str(err)[:300]}") from err
+
+
+_checked: set[str] = set()  # servers that answered in this process
 
 
 def create_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ import pytest
 from pipeline import paths
 from pipeline.config import parse_params
 from pipeline.data.prepare import prepare, save
-from pipeline.tracking import client_for
+from pipeline.tracking import client_for, redact
 from pipeline.tuning import study as st
 from pipeline.tuning.tune import tune_family
 
@@ -177,7 +177,7 @@ def _assert_exactly_n(study, params, n):
 
 
 def test_storage_password_is_redacted():
-    assert st.redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
+    assert redact("postgresql://user:s3cret@db.example:5432/optuna") == "postgresql://user:***@db.example:5432/optuna"
 
 
 PG_URL = "postgresql://postgres:s3cret@127.0.0.1:5432/test"  # trust auth: the password is ignored

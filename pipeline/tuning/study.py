@@ -26,16 +26,6 @@ def storage_url(params: Params) -> str:
     return f"sqlite:///{paths.study_dir() / 'studies.db'}"
 
 
-def redact(url: str) -> str:
-    """A storage URL without its password, fit for logs, tags and reports."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-
-
 class StaleTrialCallback:
     """A killed worker's trial, failed by the heartbeat: retried once, and its MLflow run (left
     RUNNING by the dead process) ended KILLED."""

@@ -22,7 +22,7 @@ from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import J_PER_KWH, EnergyMeter
 from pipeline.models.factory import build_model
-from pipeline.tracking import base_tags, client_for, create_run, tracked_run
+from pipeline.tracking import base_tags, client_for, create_run, redact, tracked_run
 from pipeline.training.train import export_run, fit, model_spec, write_metrics
 from pipeline.tuning import study as st
 from pipeline.tuning.objective import Objective
@@ -139,8 +139,9 @@ def _save_plots(study, multi: bool, out: Path) -> list[Path]:
 
 
 def _parent_lock(url: str) -> contextlib.AbstractContextManager:
-    """A file lock beside a SQLite study storage. Workers on other machines (PostgreSQL) start
-    after the first command has created the study's run, or each make one (documented)."""
+    """Held while a command finds or makes the study's MLflow run: a file lock beside a SQLite
+    study storage, an advisory lock in a PostgreSQL one (commands on several machines starting
+    one study at once share one parent run)."""
     return paths.store_lock(url, ".parent-run.lock")
 
 
@@ -172,7 +173,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
     study = st.load_study(params, family, card["sha256"], storage)
     multi = search.objective != "accuracy"
     tags = {**base_tags("tune", family, card), "role": "study", "study": study.study_name,
-            "storage": st.redact(url), "objective": search.objective,
+            "storage": redact(url), "objective": search.objective,
             "pruning": "none (multi-objective studies cannot prune; early stopping still applies)" if multi
             else f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc"}
     t0 = time.perf_counter()
@@ -200,7 +201,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
             print(f"[{family}] interrupted trial(s) {retried} queued again", flush=True)
         done = st.trials_done(study)
         remaining = max(0, search.n_trials - done)
-        print(f"[{family}] study {study.study_name} ({st.redact(url)}): {done} trials done, "
+        print(f"[{family}] study {study.study_name} ({redact(url)}): {done} trials done, "
               f"{remaining} to run on {search.n_workers} worker(s)", flush=True)
         if remaining or study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             n_workers = max(1, min(search.n_workers, remaining))
@@ -261,7 +262,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
                        extra={"study": study.study_name, "chosen_trial": chosen.number, "params": chosen.params})
 
         out = paths.model_dir(family, paths.TUNED)
-        st.write_json({"study": study.study_name, "storage": st.redact(url), "objective": search.objective,
+        st.write_json({"study": study.study_name, "storage": redact(url), "objective": search.objective,
                        "chosen": st.trial_summary(chosen), "pareto_front": [st.trial_summary(t) for t in front],
                        "trials": [st.trial_summary(t) for t in trials]}, out / "study.json")
         for png in _save_plots(study, multi, out / "plots"):
