@@ -44,24 +44,28 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def _meter(params, train: bool = False):
-    """Start CodeCarbon's hardware probe now, so it overlaps the heavy imports that follow. A
-    training command's meter reads only the GPU this process trains on (``train.devices``,
-    checked here: a GPU asked for where there is none fails before anything starts)."""
-    from pipeline.compute import resolve_devices
+def _meter(params, gpu_ids: list[int] | None = None):
+    """Start CodeCarbon's hardware probe now, so it overlaps the heavy imports that follow."""
     from pipeline.energy import EnergyMeter
 
-    gpu_ids = resolve_devices(params.train).gpu_ids if train else None
     return EnergyMeter(params.energy, gpu_ids=gpu_ids).prewarm()
+
+
+def _train_meter(params):
+    """A training command's meter, reading only the GPU this process trains on (``train.devices``,
+    checked here: a GPU asked for where there is none fails before anything starts)."""
+    from pipeline.compute import resolve_devices
+
+    return _meter(params, resolve_devices(params.train).gpu_ids)
 
 
 def cmd_train(args) -> int:
     params = _load(args)
-    meter = _meter(params, train=True)
+    meter = _train_meter(params)
     from pipeline.training.train import train_family
 
     m = train_family(params, args.family, meter)
-    from pipeline.compute import is_global_zero
+    from pipeline.ranks import is_global_zero
 
     if not is_global_zero():  # a DDP rank: rank 0 reports
         return 0
@@ -73,7 +77,7 @@ def cmd_train(args) -> int:
 
 def cmd_tune(args) -> int:
     params = _load(args)
-    meter = _meter(params, train=True)
+    meter = _train_meter(params)
     from pipeline.tuning.tune import tune_family
 
     m = tune_family(params, args.family, meter)
@@ -111,7 +115,7 @@ def cmd_compress(args) -> int:
 
 def cmd_sweep(args) -> int:
     params = _load(args)
-    meter = _meter(params, train=True)
+    meter = _train_meter(params)
     from pipeline.sweep import sweep_point
 
     m = sweep_point(params, args.family, args.width, args.depth, meter)
@@ -289,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(args)
         return code
     finally:
-        from pipeline.compute import is_global_zero
+        from pipeline.ranks import is_global_zero
 
         if code != 0 and is_global_zero():  # a DDP rank's outputs are rank 0's
             _remove(created)

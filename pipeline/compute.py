@@ -1,6 +1,6 @@
 """Where and how a process computes: the accelerator, devices, strategy and precision of a
-training run (checked against what torch sees here), this process's rank in a distributed run,
-and how many torch threads it takes while other pipeline processes compute beside it.
+training run (checked against what torch sees here), and how many torch threads a process
+takes while other pipeline processes compute beside it (ranks: ``pipeline.ranks``).
 
 Threads. Two processes that each take torch's default (one thread per core) on the same cores
 run many times slower than alone, and their energy and even their accuracy then depend on the
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ParamsError, TrainCfg
+from pipeline.ranks import local_rank
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +32,6 @@ _OMP_NUM_THREADS = os.environ.get("OMP_NUM_THREADS", "")
 
 # Lightning's names for the precisions params.yaml accepts.
 PRECISION = {"32": "32-true", "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed"}
-
-
-# -- ranks ---------------------------------------------------------------------------------------
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK") or 0)
-
-
-def is_global_zero() -> bool:
-    """True in the process that logs and writes: the only one of a single-process run, rank 0
-    of a distributed one (Lightning's launcher sets LOCAL_RANK and NODE_RANK in the processes it
-    starts; ``torchrun`` sets RANK)."""
-    if os.environ.get("RANK"):
-        return int(os.environ["RANK"]) == 0
-    return local_rank() == 0 and int(os.environ.get("NODE_RANK") or 0) == 0
 
 
 # -- devices -------------------------------------------------------------------------------------
@@ -254,34 +241,3 @@ def share_threads(setting: int | str, beside: int = 1) -> tuple[int, str]:
         torch.set_num_threads(n)
     return n, why
 
-
-def gather(obj: Any) -> list[Any]:
-    """``obj`` from every rank of the running ``torch.distributed`` group, in rank order (a
-    process outside any group: ``[obj]``). Every rank must call it at the same point."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-class RankEnergy:
-    """The energy of a distributed run's ranks: each rank measures its own process; ``combine``
-    (called by every rank at the same point) sums one segment over the ranks and keeps each
-    rank's joules so far (``by_rank``)."""
-
-    def __init__(self):
-        self.by_rank: list[float] | None = None
-
-    def combine(self, reading):
-        from pipeline.energy import EnergyReading
-
-        readings = gather(reading)
-        joules = [r.energy_j or 0.0 for r in readings]
-        self.by_rank = joules if self.by_rank is None else [a + b for a, b in zip(self.by_rank, joules, strict=True)]
-        return EnergyReading.concurrent(readings)
-
-    def metrics(self) -> dict[str, float]:
-        return {f"energy/rank{i}_j": j for i, j in enumerate(self.by_rank or [])}

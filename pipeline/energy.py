@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from pipeline.config import EnergyCfg
 from pipeline.private_api import cpu_power_mode
+from pipeline.ranks import gather
 
 log = logging.getLogger(__name__)
 
@@ -278,3 +279,21 @@ class Measurement:
         for seg in self.segments[1:]:
             total = total + seg
         return total
+
+
+class RankEnergy:
+    """The energy of a distributed run's ranks: each rank measures its own process; ``combine``
+    (called by every rank at the same point) sums one segment over the ranks and keeps each
+    rank's joules so far (``by_rank``)."""
+
+    def __init__(self):
+        self.by_rank: list[float] | None = None
+
+    def combine(self, reading: EnergyReading) -> EnergyReading:
+        readings = gather(reading)
+        joules = [r.energy_j or 0.0 for r in readings]
+        self.by_rank = joules if self.by_rank is None else [a + b for a, b in zip(self.by_rank, joules, strict=True)]
+        return EnergyReading.concurrent(readings)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"energy/rank{i}_j": j for i, j in enumerate(self.by_rank or [])}

@@ -249,3 +249,53 @@ def test_one_process_and_explicit_threads_are_recorded(workdir, tiny_params, met
     p, tags = runs[0].data.params, runs[0].data.tags
     assert (p["compute.threads"], p["compute.world_size"], p["compute.precision"]) == ("1", "1", "32-true")
     assert tags["threads_policy"] == "train.threads"
+
+
+def test_cpu_slots_count_the_processes_computing_and_free_a_dead_one_s(tmp_path):
+    """``train.threads: auto`` divides the cores by the processes holding a CPU slot: a slot
+    held by another process counts, and is free again once that process is killed."""
+    from pipeline.compute import CpuSlots
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from pipeline.compute import CpuSlots; "
+         f"s = CpuSlots(Path({str(tmp_path)!r})); s.claim(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        mine = CpuSlots(tmp_path)
+        assert mine.active() == 2  # the other process, and this one about to compute
+        assert mine.claim() and mine.active() == 2 and not mine.claim()
+        holder.kill()
+        holder.wait(timeout=10)
+        assert mine.active() == 1
+        mine.release()
+        assert CpuSlots(tmp_path).active() == 1
+    finally:
+        holder.kill()
+
+
+def test_auto_threads_divide_the_cores_among_the_processes_computing(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline import compute
+
+    monkeypatch.setattr(compute, "_OMP_NUM_THREADS", "")
+    monkeypatch.setattr(compute, "cores", lambda: 8)
+    monkeypatch.setattr(compute, "_slots", compute.CpuSlots(tmp_path))
+    others = [compute.CpuSlots(tmp_path) for _ in range(3)]
+    before = torch.get_num_threads()
+    try:
+        with compute.cpu_slot():
+            assert compute.share_threads("auto") == (8, "auto: 8 cores / 1 processes computing")
+            assert compute.share_threads("auto", beside=2)[0] == 4  # a second rank is starting
+            for o in others:
+                o.claim()
+            assert compute.share_threads("auto") == (2, "auto: 8 cores / 4 processes computing")
+            assert torch.get_num_threads() == 2
+            assert compute.share_threads(3) == (3, "train.threads")
+        monkeypatch.setattr(compute, "_OMP_NUM_THREADS", "1")
+        assert compute.share_threads("auto")[0] == 1
+    finally:
+        for o in others:
+            o.release()
+        torch.set_num_threads(before)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from pipeline.compute import RankEnergy, share_threads
-from pipeline.energy import Measurement
+from pipeline.compute import share_threads
+from pipeline.energy import Measurement, RankEnergy
 from pipeline.tracking import Run
 from pipeline.training.module import SCORE
 

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from pipeline import interrupts, paths
-from pipeline.compute import cpu_slot, is_global_zero, resolve_devices, share_threads
+from pipeline.compute import cpu_slot, resolve_devices, share_threads
 from pipeline.config import Params, TrainCfg
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
@@ -30,6 +30,7 @@ from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
 from pipeline.models.saved import SPEC, save_model
+from pipeline.ranks import is_global_zero
 from pipeline.tracking import NullRun, Run, base_tags, tracked_run
 from pipeline.training.callbacks import EpochRecorder
 from pipeline.training.data import PreparedDataModule
