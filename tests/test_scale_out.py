@@ -22,7 +22,7 @@ import yaml
 
 from pipeline.config import ParamsError, parse_params
 
-from .conftest import ROOT, sqlite_count, tiny_raw
+from .conftest import ROOT, make_dvc_repo, sqlite_count, tiny_raw
 
 EXIT_WITHIN_S = 10
 
@@ -299,3 +299,33 @@ def test_auto_threads_divide_the_cores_among_the_processes_computing(tmp_path, m
         for o in others:
             o.release()
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_prepared_data_and_models_reach_another_clone_through_a_dvc_remote(tmp_path):
+    """Machine A runs prepare and train, pushes to a DVC remote (a local folder here; s3://,
+    ssh://... the same way); machine B clones, pulls, and ``dvc repro`` has nothing to redo."""
+    raw = tiny_raw(**{"train.max_epochs": 1})
+    raw["families"] = ["mlp"]
+    a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "remote"
+    env, git = make_dvc_repo(a, raw)
+
+    def run(cmd, cwd):
+        out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    run(["dvc", "repro", "train@mlp"], a)
+    run(["dvc", "remote", "add", "-d", "shared", str(remote)], a)
+    run(git + ["add", "-A"], a)
+    run(git + ["commit", "-qm", "trained mlp"], a)
+    run(["dvc", "push"], a)
+    run(["git", "clone", "-q", str(a), str(b)], tmp_path)
+    model = Path("models") / "mlp" / "baseline" / "model.pt"
+    assert not (b / model).exists() and not (b / "data" / "prepared").exists()
+    run(["dvc", "pull", "--with-deps", "train@mlp"], b)
+    assert (b / model).read_bytes() == (a / model).read_bytes()
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "train@mlp"], b)
+    out = run(["dvc", "repro", "train@mlp"], b)
+    assert "Running stage" not in out and not (b / "mlruns").exists(), out
