@@ -127,7 +127,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     result.spec, result.profile = spec, profile
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("best*.ckpt"):
+    for old in out_dir.glob("best*.ckpt") if is_global_zero() else ():  # rank 0 owns the outputs
         old.unlink()
     run.log_params({
         "family": family,
