@@ -9,6 +9,11 @@ trial, between inference passes, when a tracked run starts or ends. MLflow runs 
 with the energy measured so far, Optuna's trial ends FAIL marked interrupted (retried and not
 counted on resume), and the CLI exits 130 leaving no half-written output.
 
+During start-up the handler raises at once unless the signal landed inside Python's import
+machinery or the threading module: raised there, the exception once left the interpreter's import
+lock held and the process hung after printing "interrupted"; the handler then sends the signal
+again 20 ms later, until it lands elsewhere.
+
 Why not raise from the handler, as Python does by default: an exception raised at an arbitrary
 bytecode lands, sooner or later, inside a library's critical section. Two such landings broke
 ``dvc repro`` under Ctrl-C: inside Optuna's ``_run_trial``, between starting its (non-daemon)
@@ -22,6 +27,7 @@ into its own ``SIGTERMException``); :func:`reraise_interrupt` gives the interrup
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -37,12 +43,30 @@ _deferred = False
 _event = threading.Event()
 
 
+# Code that must not be interrupted by an exception even during start-up: Python's import machinery
+# (an exception between its ``_imp.acquire_lock()`` and the ``try`` that releases it leaves the
+# interpreter's import lock held, and the process hangs at exit on its next import) and the
+# threading module's lock handling.
+_CRITICAL = ("<frozen importlib", threading.__file__)
+REDELIVER_S = 0.02
+
+
+def _in_critical_code(frame) -> bool:
+    return frame is not None and frame.f_code.co_filename.startswith(_CRITICAL)
+
+
 def _record(signum, frame) -> None:
     global _received
     if _received is None:
         _received = signal.Signals(signum).name
     _event.set()
     if not _deferred:  # start-up: nothing to end cleanly yet
+        if _in_critical_code(frame):
+            # Not here: the signal is sent again in a moment, landing in other code.
+            timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
         raise Interrupted(_received)
 
 

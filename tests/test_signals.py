@@ -59,3 +59,22 @@ def test_install_forgets_an_earlier_signal_only_when_asked():
     interrupts.install()
     assert interrupts.received() is None
     interrupts.check()  # nothing pending
+
+
+def test_during_start_up_a_signal_in_the_import_machinery_is_raised_once_out_of_it():
+    """Raised inside importlib (a module lock's weakref callback, between taking the import lock
+    and the ``try`` that gives it back), the exception left the import lock held and the process
+    hung at exit. There the handler only sends the signal again, and it is raised in the next code."""
+    import sys
+
+    code = compile("import sys\nframe = sys._getframe()", "<frozen importlib._bootstrap>", "exec")
+    space: dict = {}
+    exec(code, space)
+    interrupts._record(signal.SIGINT, space["frame"])  # as if the signal landed there: no raise
+    assert interrupts.received() == "SIGINT"
+    t0 = time.monotonic()
+    with pytest.raises(interrupts.Interrupted, match="SIGINT"):
+        time.sleep(5)  # the signal comes again, here, and raises
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(interrupts.Interrupted):  # anywhere else: at once
+        interrupts._record(signal.SIGINT, sys._getframe())
