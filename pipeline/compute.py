@@ -18,7 +18,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,25 +119,21 @@ def resolve_devices(cfg: TrainCfg) -> Devices:
         wanted = devices if isinstance(devices, int) else max(devices) + 1
         if wanted > count:
             raise ParamsError(f"train.devices: {cfg.devices} asks for more GPUs than the {count} torch sees here")
-    elif not isinstance(devices, int):
-        if kind == "cpu":
-            raise ParamsError(f"train.devices: a list of device ids ({cfg.devices}) names GPUs; on the CPU give "
-                              "a number of processes")
-    if kind == "cpu" and isinstance(devices, int) and devices > (os.cpu_count() or 1):
-        log.warning("train.devices: %d CPU processes on %d cores: they will share cores", devices, os.cpu_count())
+    elif kind == "cpu" and not isinstance(devices, int):
+        raise ParamsError(f"train.devices: a list of device ids ({cfg.devices}) names GPUs; on the CPU give "
+                          "a number of processes")
+    if kind == "cpu" and devices > cores():
+        log.warning("train.devices: %d CPU processes on %d cores: they will share cores", devices, cores())
     if cfg.precision == "16-mixed" and kind != "cuda":
         raise ParamsError(f"train.precision: 16-mixed needs a CUDA GPU (this run computes on the {kind}); "
                           "use bf16-mixed or 32")
     if cfg.precision == "bf16-mixed" and kind == "cuda" and not torch.cuda.is_bf16_supported():
         raise ParamsError(f"train.precision: bf16-mixed is not supported by {torch.cuda.get_device_name(0)}; "
                           "use 16-mixed or 32")
-    per_node = devices if isinstance(devices, int) else len(devices)
-    strategy = cfg.strategy
-    if strategy == "auto" and per_node * cfg.num_nodes > 1:
-        strategy = "ddp"
-    if strategy != "auto" and per_node * cfg.num_nodes == 1:
-        strategy = "auto"  # DDP over one process is one process
-    return Devices(kind, devices, strategy, cfg.num_nodes, PRECISION[cfg.precision])
+    resolved = Devices(kind, devices, cfg.strategy, cfg.num_nodes, PRECISION[cfg.precision])
+    # auto is DDP over several processes; DDP over one process is one process.
+    strategy = "auto" if resolved.world_size == 1 else ("ddp" if cfg.strategy == "auto" else cfg.strategy)
+    return replace(resolved, strategy=strategy)
 
 
 # -- threads -------------------------------------------------------------------------------------
@@ -162,28 +158,25 @@ class CpuSlots:
         self.size = size or max(8, 4 * cores())
         self._held = None
 
-    def _lock(self, i: int):
-        from filelock import FileLock
+    def _take(self, i: int):
+        """Slot ``i``'s lock, now held by this process, or None when another holds it."""
+        from filelock import FileLock, Timeout
 
-        return FileLock(self.folder / f"slot-{i}.lock", timeout=0)
+        lock = FileLock(self.folder / f"slot-{i}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return None
+        return lock
 
     def claim(self) -> bool:
         """Hold a free slot until ``release`` or the end of the process. False when this process
         holds one already, or every slot is taken (the process then counts as one more)."""
-        from filelock import Timeout
-
         if self._held is not None:
             return False
         self.folder.mkdir(parents=True, exist_ok=True)
-        for i in range(self.size):
-            lock = self._lock(i)
-            try:
-                lock.acquire()
-            except Timeout:
-                continue
-            self._held = lock
-            return True
-        return False
+        self._held = next(filter(None, map(self._take, range(self.size))), None)
+        return self._held is not None
 
     def release(self) -> None:
         if self._held is not None:
@@ -192,16 +185,12 @@ class CpuSlots:
 
     def active(self) -> int:
         """Slots held now, by any process (this one's included; at least 1)."""
-        from filelock import Timeout
-
         if not self.folder.is_dir():
             return 1
         held = 0
         for i in range(self.size):
-            lock = self._lock(i)
-            try:
-                lock.acquire()
-            except Timeout:
+            lock = self._take(i)
+            if lock is None:
                 held += 1
             else:
                 lock.release()

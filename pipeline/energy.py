@@ -74,10 +74,7 @@ class EnergyReading:
     def concurrent(cls, readings: list[EnergyReading]) -> EnergyReading:
         """The reading of work done by several processes at once (the ranks of a DDP run): the
         energies and emissions summed, the duration the longest."""
-        total = readings[0]
-        for r in readings[1:]:
-            total = total + r
-        return replace(total, duration_s=max(r.duration_s for r in readings))
+        return replace(sum(readings[1:], readings[0]), duration_s=max(r.duration_s for r in readings))
 
     def metrics(self, prefix: str = "energy") -> dict[str, float]:
         """Flat metric dict (only measured values) with units in the names."""
@@ -275,10 +272,7 @@ class Measurement:
         """Sum of the closed segments (the whole block once finished)."""
         if not self.segments:
             return EnergyReading(duration_s=0.0, country_iso_code=self.meter.cfg.country_iso_code)
-        total = self.segments[0]
-        for seg in self.segments[1:]:
-            total = total + seg
-        return total
+        return sum(self.segments[1:], self.segments[0])
 
 
 class RankEnergy:
