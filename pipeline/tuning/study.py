@@ -186,6 +186,12 @@ def claim(study: optuna.Study, trial_number: int, n_trials: int) -> None:
         raise SurplusTrial(f"trial {trial_number}: the study already has its {n_trials} trials")
 
 
+def ran(trials) -> list:
+    """The trials that ran: without the surplus ones (asked for by a worker in a race for the
+    study's last trial, never run or measured, marked FAIL by Optuna)."""
+    return [t for t in trials if not t.user_attrs.get(SURPLUS_ATTR)]
+
+
 def trials_done(study: optuna.Study) -> int:
     """Trials that count against ``n_trials``: finished or running, not waiting in the queue,
     and not replaced by a retry (interrupted trials, and trials of killed workers that the
