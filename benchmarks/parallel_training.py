@@ -27,16 +27,14 @@ import time
 from pathlib import Path
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, pipeline_env, summary
 
 
 def run_all(case: Path, families: list[str], threads, parallel: bool) -> tuple[float, dict[str, dict]]:
     raw = yaml.safe_load((case / "params.yaml").read_text())
     raw["train"]["threads"] = threads
     (case / "params.yaml").write_text(yaml.safe_dump(raw))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING", "OMP_NUM_THREADS"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = {k: v for k, v in pipeline_env().items() if k != "OMP_NUM_THREADS"}
     cmds = [[sys.executable, "-m", "pipeline", "train", "--family", f] for f in families]
     t0 = time.perf_counter()
     if parallel:
@@ -54,9 +52,6 @@ def run_all(case: Path, families: list[str], threads, parallel: bool) -> tuple[f
     return wall, {f: json.loads((case / "metrics" / "train" / f"{f}.json").read_text()) for f in families}
 
 
-def summary(values: list[float], unit: str, digits: int = 1) -> str:
-    return f"{statistics.median(values):.{digits}f} {unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -72,7 +67,7 @@ def main() -> None:
         raw["train"].update({"max_epochs": args.epochs, "early_stopping_patience": 0})
         (case / "params.yaml").write_text(yaml.safe_dump(raw))
         subprocess.run([sys.executable, "-m", "pipeline", "prepare"], cwd=case, check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env=pipeline_env())
         walls: dict[str, list[float]] = {w: [] for w in ways}
         runs: dict[str, dict[str, list[dict]]] = {w: {f: [] for f in args.families} for w in ways}
         for r in range(args.rounds):

@@ -136,6 +136,28 @@ def resolve_devices(cfg: TrainCfg) -> Devices:
     return replace(resolved, strategy=strategy)
 
 
+def resolve_eval_device(asked: str, trained_on: str) -> str:
+    """``evaluate.device`` checked against this machine: ``train`` is where the model was trained
+    (its run.json's ``compute.accelerator``); a GPU asked for where torch sees none is a
+    ParamsError naming the key, never a silent CPU run. Returns torch's device name."""
+    import torch
+
+    name = trained_on if asked == "train" else asked
+    name = "cuda" if name == "gpu" else name
+    kind, _, index = name.partition(":")
+    where = f"evaluate.device: {asked}" + (f" (the model was trained on {trained_on})" if asked == "train" else "")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if int(index or 0) >= count:
+            raise ParamsError(f"{where}, but torch {torch.__version__} sees {count} CUDA GPU(s) here; "
+                              "set evaluate.device: cpu (or a GPU that exists)")
+    elif kind == "mps" and _gpu_kind() != "mps":
+        raise ParamsError(f"{where}, but torch sees no Apple GPU (MPS) here; set evaluate.device: cpu")
+    elif kind not in ("cpu", "cuda", "mps"):
+        raise ParamsError(f"{where}: unknown device {name!r} (cpu, cuda, cuda:N or mps)")
+    return name
+
+
 # -- threads -------------------------------------------------------------------------------------
 def cores() -> int:
     try:

@@ -279,6 +279,9 @@ class TrainCfg(_Strict):
 
 
 class EnergyCfg(_Strict):
+    # Who measures: CodeCarbon (CPU, RAM and GPUs), or zeus: the GPUs' energy from NVML's counters
+    # read by Zeus (a CUDA GPU must be present), CPU and RAM still from CodeCarbon.
+    backend: Literal["codecarbon", "zeus"] = "codecarbon"
     # ISO 3166-1 alpha-3 code of the grid whose carbon intensity converts kWh to CO2eq.
     country_iso_code: str = Field("USA", min_length=3, max_length=3)
     region: str | None = None
@@ -287,6 +290,9 @@ class EnergyCfg(_Strict):
 
 
 class EvaluateCfg(_Strict):
+    # Where predictions are measured: train (where the model was trained), cpu, cuda, cuda:N or
+    # mps. Quantized (int8) variants run on the CPU wherever this points, and say so.
+    device: str = Field("train", pattern=r"^(train|cpu|cuda(:\d+)?|gpu|mps)$")
     batch_size: int = Field(256, ge=1)
     latency_samples: int = Field(200, ge=1)
     # Inference is repeated over the test split until at least this long, so its energy is

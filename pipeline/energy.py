@@ -9,6 +9,12 @@ the caller imports and loads data, so short runs do not pay it on their critical
 Every reading says how it was measured (``method``): a hardware counter (Intel RAPL, NVIDIA NVML),
 an estimate from CPU load and TDP, or ``unavailable`` when CodeCarbon could not measure at all, in
 which case the energy fields are ``None`` (never a silent zero).
+
+``energy.backend: zeus`` hands the GPUs to Zeus (``ZeusMonitor``: NVML's energy counter of each
+GPU, its power sampled on GPUs older than Volta that have none); CPU and RAM stay CodeCarbon's,
+and the reading's emissions are its energy times CodeCarbon's carbon intensity. The method then
+says ``gpu=zeus:nvml_counter``. Readings on one GPU per process keep the joules per device
+(``energy/gpu<i>_j``); a DDP run's sum over ranks keeps every device's.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
-from pipeline.config import EnergyCfg
+from pipeline.config import EnergyCfg, ParamsError
 from pipeline.private_api import cpu_power_mode
 from pipeline.ranks import gather
 
@@ -44,6 +50,9 @@ class EnergyReading:
     method: str = UNAVAILABLE
     cpu_method: str = UNAVAILABLE
     country_iso_code: str = ""
+    backend: str = "codecarbon"
+    # Joules of each GPU (by CUDA index) where known: the Zeus backend, or one GPU per process.
+    gpu_j_by_device: dict[int, float] | None = None
 
     @property
     def energy_j(self) -> float | None:
@@ -68,6 +77,10 @@ class EnergyReading:
             ram_kwh=add(self.ram_kwh, other.ram_kwh),
             emissions_kg=add(self.emissions_kg, other.emissions_kg),
             method=self.method if self.method == other.method else f"{self.method}+{other.method}",
+            backend=self.backend if self.backend == other.backend else f"{self.backend}+{other.backend}",
+            gpu_j_by_device=None if self.gpu_j_by_device is None or other.gpu_j_by_device is None else {
+                i: self.gpu_j_by_device.get(i, 0.0) + other.gpu_j_by_device.get(i, 0.0)
+                for i in sorted({*self.gpu_j_by_device, *other.gpu_j_by_device})},
         )
 
     @classmethod
@@ -87,6 +100,7 @@ class EnergyReading:
             f"{prefix}/ram_kwh": self.ram_kwh,
             f"{prefix}/emissions_kg": self.emissions_kg,
             f"{prefix}/mean_power_w": self.mean_power_w,
+            **{f"{prefix}/gpu{i}_j": j for i, j in (self.gpu_j_by_device or {}).items()},
         }
         return {k: float(v) for k, v in values.items() if v is not None}
 
@@ -127,12 +141,49 @@ class _CodeCarbonChatter(logging.Filter):
         return record.levelno >= logging.WARNING and not any(r in msg for r in self._REPEATED)
 
 
+class ZeusGpus:
+    """The GPUs' energy from Zeus's ``ZeusMonitor`` (only the GPUs: CPU and RAM are CodeCarbon's)."""
+
+    def __init__(self, gpu_ids: list[int] | None):
+        from zeus.monitor import ZeusMonitor
+
+        self.monitor = ZeusMonitor(gpu_indices=gpu_ids, cpu_indices=[])
+        counters = [self.monitor.gpus.supports_get_total_energy_consumption(i) for i in self.monitor.gpu_indices]
+        self.method = "zeus:nvml_counter" if all(counters) else "zeus:nvml_power_sampling"
+
+    def begin(self, name: str) -> None:
+        self.monitor.begin_window(name)
+
+    def end(self, name: str) -> dict[int, float]:
+        """Joules of each monitored GPU since ``begin(name)``."""
+        return {int(i): float(j) for i, j in self.monitor.end_window(name).gpu_energy.items()}
+
+
+def check_backend(cfg: EnergyCfg) -> None:
+    """``energy.backend`` possible here, or a ParamsError naming the key."""
+    if cfg.backend != "zeus":
+        return
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("zeus") is None:
+        raise ParamsError("energy.backend: zeus needs the zeus package: make install (or pip install -e '.[gpu]' "
+                          "&& pip install --no-deps zeus==0.16.0), or use energy.backend: codecarbon")
+    if not torch.cuda.is_available():
+        raise ParamsError(f"energy.backend: zeus measures NVIDIA GPUs through NVML, and torch {torch.__version__} "
+                          "sees no CUDA GPU here; use energy.backend: codecarbon")
+
+
 class EnergyMeter:
-    """Measures blocks of this process's work with one shared CodeCarbon tracker."""
+    """Measures blocks of this process's work with one shared CodeCarbon tracker (and, with
+    ``energy.backend: zeus``, one Zeus monitor for the GPUs)."""
 
     def __init__(self, cfg: EnergyCfg, gpu_ids: list[int] | None = None):
+        check_backend(cfg)
         self.cfg = cfg
-        self.gpu_ids = gpu_ids  # the GPUs this process computes on (None: every GPU CodeCarbon finds)
+        self.gpu_ids = gpu_ids  # the GPUs this process computes on (None: every GPU found)
+        self._zeus: ZeusGpus | None = None
         self._tracker = None
         self._error: str | None = None
         self._ready = threading.Event()
@@ -169,6 +220,9 @@ class EnergyMeter:
                 tracker.stop_task()
             self._tracker = tracker
             self.method, self.cpu_method = describe_method(tracker)
+            if self.cfg.backend == "zeus":
+                self._zeus = ZeusGpus(self.gpu_ids)
+                self.method = self.method.rsplit(";gpu=", 1)[0] + f";gpu={self._zeus.method}"
             if self.cpu_method.startswith("estimate"):
                 log.warning("no hardware energy counter for the CPU; its power is estimated (%s)", self.method)
         except Exception as err:  # measurement must never take the run down with it
@@ -197,6 +251,8 @@ class EnergyMeter:
         if tracker is not None:
             name = f"task-{uuid.uuid4().hex}"
             try:
+                if self._zeus is not None:
+                    self._zeus.begin(name)
                 tracker.start_task(name)
             except Exception as err:
                 log.warning("energy measurement failed to start (%s); continuing without it", err)
@@ -205,24 +261,36 @@ class EnergyMeter:
 
     def _stop(self, name: str | None, t0: float) -> EnergyReading:
         duration = time.perf_counter() - t0
-        data = None
+        data = gpus = None
         if name is not None:
             try:
+                gpus = self._zeus.end(name) if self._zeus is not None else None
                 data = self._tracker.stop_task(name)
             except Exception as err:
                 log.warning("energy measurement failed to stop (%s); reading marked unavailable", err)
         if data is None:
-            return EnergyReading(duration_s=duration, country_iso_code=self.cfg.country_iso_code)
+            return EnergyReading(duration_s=duration, country_iso_code=self.cfg.country_iso_code,
+                                 backend=self.cfg.backend)
+        cpu, ram, gpu = float(data.cpu_energy), float(data.ram_energy), float(data.gpu_energy)
+        total, emissions = float(data.energy_consumed), float(data.emissions)
+        if gpus is not None:  # Zeus's GPU joules in place of CodeCarbon's; emissions at CodeCarbon's intensity
+            gpu = sum(gpus.values()) / J_PER_KWH
+            emissions = emissions / total * (cpu + ram + gpu) if total > 0 else emissions
+            total = cpu + ram + gpu
+        elif self.gpu_ids is not None and len(self.gpu_ids) == 1:
+            gpus = {self.gpu_ids[0]: gpu * J_PER_KWH}  # CodeCarbon measured this one GPU only
         return EnergyReading(
             duration_s=duration,
-            energy_kwh=float(data.energy_consumed),
-            cpu_kwh=float(data.cpu_energy),
-            gpu_kwh=float(data.gpu_energy),
-            ram_kwh=float(data.ram_energy),
-            emissions_kg=float(data.emissions),
+            energy_kwh=total,
+            cpu_kwh=cpu,
+            gpu_kwh=gpu,
+            ram_kwh=ram,
+            emissions_kg=emissions,
             method=self.method,
             cpu_method=self.cpu_method,
             country_iso_code=self.cfg.country_iso_code,
+            backend=self.cfg.backend,
+            gpu_j_by_device=gpus,
         )
 
     @contextmanager

@@ -51,6 +51,7 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
     the metrics. ``width`` and ``depth`` are the factors as written in params.yaml."""
     import torch
 
+    from pipeline.compute import resolve_devices, resolve_eval_device
     from pipeline.data.prepare import load_prepared
     from pipeline.evaluation.evaluate import load_trained, measure_inference
     from pipeline.tracking import base_tags, tracked_run
@@ -58,6 +59,8 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
 
     w, d = factor(width, "width"), factor(depth, "depth")
     hparams = scaled_hparams(params, family, w, d)
+    # The point is tested where evaluate.device says: a device that is not here fails before training.
+    resolve_eval_device(params.evaluate.device, resolve_devices(params.train).accelerator)
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = load_prepared(params.data.dataset)
     card = prepared.card
@@ -68,7 +71,7 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
         result = fit(params, family, prepared, meter, run, paths.model_dir(family, variant), hparams=hparams)
         export_run(result, run, family, variant, card,
                    extra={"sweep_width": w, "sweep_depth": d, "hparams": hparams})
-        model, spec, _ = load_trained(family, variant)
+        model, spec, _ = load_trained(family, variant, params.evaluate.device)
         x = torch.from_numpy(prepared.arrays["x_test"]).float()
         test = measure_inference(model, x, prepared.arrays["y_test"], spec.num_classes, params.evaluate, meter).metrics()
         run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in test.items() if not isinstance(v, str)})

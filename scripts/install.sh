@@ -65,6 +65,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.sta
   fi
 fi
 pip_quiet install -q -e ".[dev]"
+# energy.backend: zeus. Without its amdsmi requirement (see pyproject.toml, extra "gpu"); AMD GPU users
+# add the amdsmi that matches their ROCm.
+pip_quiet install -q --no-deps "zeus==0.16.0"
 .venv/bin/python - <<'PY'
 import codecarbon, dvc.version, lightning, mlflow, optuna, torch
 print(f"installed: torch {torch.__version__} | lightning {lightning.__version__} | mlflow {mlflow.__version__} "

@@ -219,6 +219,25 @@ def test_bad_device_params_are_rejected_when_params_load(train, key):
         parse_params(tiny_raw(**{f"train.{k}": v for k, v in train.items()}))
 
 
+@pytest.mark.parametrize("asked, trained_on, says", [
+    ("cuda", "cpu", r"evaluate.device: cuda, but torch .* sees 0 CUDA GPU"),
+    ("train", "cuda", r"evaluate.device: train \(the model was trained on cuda\), but .* sees 0 CUDA GPU"),
+    ("mps", "cpu", r"evaluate.device: mps, but torch sees no Apple GPU"),
+])
+def test_an_evaluation_device_that_is_not_here_is_an_error_naming_the_key(asked, trained_on, says):
+    import torch
+
+    from pipeline.compute import resolve_eval_device
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ParamsError, match=says):
+        resolve_eval_device(asked, trained_on)
+    assert resolve_eval_device("train", "cpu") == resolve_eval_device("cpu", "cuda") == "cpu"
+    with pytest.raises(ParamsError, match=r"evaluate\.device"):
+        parse_params(tiny_raw(**{"evaluate.device": "tpu"}))
+
+
 def test_a_gpu_asked_for_where_there_is_none_fails_before_any_run(tmp_path, prepared):
     import torch
 
@@ -329,3 +348,61 @@ def test_prepared_data_and_models_reach_another_clone_through_a_dvc_remote(tmp_p
     assert "Data and pipelines are up to date" in run(["dvc", "status", "train@mlp"], b)
     out = run(["dvc", "repro", "train@mlp"], b)
     assert "Running stage" not in out and not (b / "mlruns").exists(), out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_queued_grid_of_four_runs_two_at_a_time_each_with_its_runs_and_energy(tmp_path):
+    """``dvc exp run --queue`` of a 2 x 2 grid (learning rate x width) through train and evaluate,
+    then ``dvc queue start -j 2``: the four experiments succeed, two at a time, each with its own
+    MLflow runs (in the repo's one store, tagged with the experiment's name) and energy, and
+    ``dvc exp show`` lists all four with accuracy and energy."""
+    import csv
+    import io
+
+    raw = tiny_raw(**{"train.max_epochs": 1})
+    raw["families"] = ["mlp"]
+    env, git = make_dvc_repo(tmp_path, raw)
+
+    def run(*cmd, timeout=240):
+        out = subprocess.run(list(cmd), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+        assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
+        return out.stdout
+
+    run("dvc", "repro", "prepare")  # the experiments find the prepared data in the cache
+    run(*git, "add", "-A")
+    run(*git, "commit", "-qm", "prepared")
+    run("dvc", "exp", "run", "--queue", "evaluate@mlp-baseline", "-S", "train.lr=0.002,0.01",
+        "-S", "models.mlp.width=16,32")
+    with (tmp_path / ".dvc" / "tmp" / "queue-start.log").open("w") as log:  # its workers outlive it: no pipe
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=tmp_path, env=env, stdout=log, stderr=log,
+                       check=True, timeout=60)
+    try:
+        deadline = time.monotonic() + 360
+        while True:
+            status = run("dvc", "queue", "status")
+            if not any(s in status for s in ("Queued", "Running")):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(3)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert status.count("Success") == 4 and "Failed" not in status, status
+
+    rows = [r for r in csv.DictReader(io.StringIO(run("dvc", "exp", "show", "--csv")))
+            if r["Experiment"] and r["typ"] != "baseline"]
+    assert len(rows) == 4, rows
+    acc = next(k for k in rows[0] if k.endswith("test_acc"))
+    energy = next(k for k in rows[0] if k.endswith("energy_j") and "1k" not in k)
+    assert all(float(r[acc]) > 0 and float(r[energy]) > 0 for r in rows), rows
+    grid = {(r[next(k for k in r if k.endswith("train.lr"))], r[next(k for k in r if k.endswith("mlp.width"))])
+            for r in rows}
+    assert grid == {(lr, w) for lr in ("0.002", "0.01") for w in ("16", "32")}
+
+    client, runs = _runs(tmp_path)  # the repo's store: DVC names it to every queued experiment
+    by_exp: dict[str, list] = {}
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.metrics.get("energy/total_j", 0) > 0, r.data.tags
+        by_exp.setdefault(r.data.tags["dvc_exp_name"], []).append(r.data.tags["stage"])
+    assert {r["Experiment"] for r in rows} == set(by_exp)
+    assert all(sorted(stages) == ["evaluate", "train"] for stages in by_exp.values()), by_exp

@@ -16,6 +16,7 @@ Each variant is one MLflow run (tags ``stage=compress``, ``technique``, ``level`
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 import shutil
@@ -34,11 +35,27 @@ from pipeline.compression.distill import DistillClassifier, student_name, studen
 from pipeline.compression.finetune import fit_module, train_cfg
 from pipeline.compression.prune import compact, make_permanent, prune_global, prune_structured, weight_sparsity
 from pipeline.compression.quantize import quantize_dynamic, quantize_static, set_engine, static_unsupported_reason
+from pipeline.compute import resolve_eval_device
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
-from pipeline.evaluation.evaluate import InferenceMeasurement, Quality, energy_rounds, load_trained, measured_threads, quality
-from pipeline.evaluation.inference_energy import RoundReadings, allocator_setting, logits, paired_ratios, ratio_summary
+from pipeline.evaluation.evaluate import (
+    InferenceMeasurement,
+    Quality,
+    energy_rounds,
+    load_trained,
+    measured_threads,
+    quality,
+    trained_on,
+)
+from pipeline.evaluation.inference_energy import (
+    RoundReadings,
+    allocator_setting,
+    logits,
+    model_device,
+    paired_ratios,
+    ratio_summary,
+)
 from pipeline.models.factory import ModelSpec
 from pipeline.models.family import get_family
 from pipeline.models.profile import count_parameters
@@ -384,7 +401,10 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
     t0 = time.perf_counter()
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
-    teacher, spec, source_run = load_trained(family, source)
+    teacher, spec, source_run = load_trained(family, source)  # on the CPU: the variants are made from it
+    # Measured where evaluate.device says; int8 variants run on the CPU wherever that is.
+    device = resolve_eval_device(params.evaluate.device, trained_on(source_run))
+    measured_teacher = teacher if device == "cpu" else copy.deepcopy(teacher).to(device)
     torch.manual_seed(params.base.seed)
     ctx = Context(params, family, source, teacher, spec, prepared)
     plans, skipped = plan_variants(ctx)  # bad params fail here, before any work or run
@@ -395,7 +415,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
     out_root.mkdir(parents=True)
     source_run_id = source_run.get("run_id", "unknown")
 
-    ref_quality = _quality(ctx, teacher)
+    ref_quality = _quality(ctx, measured_teacher)
     done = []
     for plan in plans:
         tags = {**base_tags("compress", family, prepared.card), "variant": plan.name, "technique": plan.technique,
@@ -417,20 +437,22 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
             model, _, _ = load_variant(variant_dir)  # measure what was saved
             quantized = bool(built.recipe.get("quantization"))
             sizes = _size_figures(model, built.spec, model_path, quantized, built.counts_from)
+            if not quantized:
+                model = model.to(device)
             measured = _quality(ctx, model)
             _log_work(run, ctx, plan, cost, built, variant_dir)
         done.append((plan, run.run_id, model, measured, cost, sizes, built))
         print(f"[{family}/{source}] {plan.name}: test/acc {measured.acc:.4f}, "
               f"compression {cost.energy_j if cost.energy_j is not None else float('nan'):.2f} J", flush=True)
 
-    rounds = _measure_energy(ctx, {REFERENCE: teacher, **{d[0].name: d[2] for d in done}}, meter)
+    rounds = _measure_energy(ctx, {REFERENCE: measured_teacher, **{d[0].name: d[2] for d in done}}, meter)
     threads, allocator = measured_threads(params.evaluate), allocator_setting()
-    ref_m = InferenceMeasurement(*ref_quality, rounds[REFERENCE], threads, allocator)
+    ref_m = InferenceMeasurement(*ref_quality, rounds[REFERENCE], threads, allocator, str(model_device(measured_teacher)))
     reference = _reference(ctx, ref_m)
     variants: dict[str, dict] = {}
     client, _ = client_for(params.tracking)
-    for plan, run_id, _, measured, cost, sizes, built in done:
-        result = InferenceMeasurement(*measured, rounds[plan.name], threads, allocator)
+    for plan, run_id, model, measured, cost, sizes, built in done:
+        result = InferenceMeasurement(*measured, rounds[plan.name], threads, allocator, str(model_device(model)))
         metrics = {"technique": plan.technique, "level": plan.level,
                    **_variant_metrics(result, reference, ref_m, cost, sizes, built)}
         _log_figures(Run(client, run_id), metrics, reference)  # onto the variant's finished run

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pipeline import paths
+from pipeline.compute import resolve_eval_device
 from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
 from pipeline.data.source import DataError
@@ -27,17 +28,20 @@ from pipeline.evaluation.inference_energy import (
     allocator_setting,
     inference_threads,
     measure_rounds,
+    model_device,
     predict,
     steady_allocator,
+    synchronize,
 )
 from pipeline.models import saved
 from pipeline.models.factory import ModelSpec
 from pipeline.tracking import base_tags, tracked_run
 
 
-def load_trained(family: str, variant: str = paths.BASELINE) -> tuple[nn.Module, ModelSpec, dict]:
-    """A trained model of ``family`` (``models/<family>/<variant>/``, see ``models.saved``), its
-    spec and its run.json; a missing file names the stage that makes it."""
+def load_trained(family: str, variant: str = paths.BASELINE, device: str = "cpu") -> tuple[nn.Module, ModelSpec, dict]:
+    """A trained model of ``family`` (``models/<family>/<variant>/``, see ``models.saved``) on
+    ``device`` (``evaluate.device``: ``train`` is where it was trained), its spec and its
+    run.json; a missing file names the stage that makes it."""
     d = paths.model_dir(family, variant)
     files = [d / saved.SPEC, d / saved.MODEL, d / "run.json"]
     missing = [str(f) for f in files if not f.is_file()]
@@ -46,7 +50,13 @@ def load_trained(family: str, variant: str = paths.BASELINE) -> tuple[nn.Module,
         raise DataError(f"{', '.join(missing)}: trained model not found; "
                         f"run `python -m pipeline {stage} --family {family}` first")
     model, spec = saved.load_model(d)
-    return model, spec, json.loads(files[2].read_text())
+    run = json.loads(files[2].read_text())
+    return model.to(resolve_eval_device(device, trained_on(run))), spec, run
+
+
+def trained_on(run: dict) -> str:
+    """Where a model was trained, from its run.json (written before devices were recorded: the CPU)."""
+    return run.get("compute", {}).get("accelerator", "cpu")
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -68,13 +78,16 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
 @torch.inference_mode()
 def latency_per_sample_s(model: nn.Module, x: torch.Tensor, n: int) -> float:
     """Median time of a single-sample prediction, after a warm-up."""
-    samples = x[: max(1, min(n, len(x)))]
+    device = model_device(model)
+    samples = x[: max(1, min(n, len(x)))].to(device)
     for i in range(min(10, len(samples))):
         model(samples[i:i + 1])
     times = []
     for i in range(len(samples)):
+        synchronize(device)
         t0 = time.perf_counter()
         model(samples[i:i + 1])
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -114,6 +127,7 @@ class InferenceMeasurement:
     rounds: RoundReadings  # energy of the measured predictions, one reading per round
     threads: int  # torch threads during the measurement
     allocator: str = "default"  # "glibc-steady" when the allocator thresholds were fixed
+    device: str = "cpu"  # where the predictions ran
 
     @property
     def n_pred(self) -> int:
@@ -135,6 +149,7 @@ class InferenceMeasurement:
             "energy_rounds": len(self.rounds.readings),
             "inference_threads": self.threads,
             "inference_allocator": self.allocator,
+            "inference_device": self.device,
             "energy_method": energy.method,
         }
         if energy.energy_j is not None:
@@ -185,7 +200,7 @@ def measure_inference(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_clas
     passes over x at ``cfg.batch_size`` lasting at least ``cfg.energy_min_duration_s``."""
     q = quality(model, x, y, num_classes, cfg)
     rounds = energy_rounds({"model": model}, x, cfg, meter)["model"]
-    return InferenceMeasurement(*q, rounds, measured_threads(cfg), allocator_setting())
+    return InferenceMeasurement(*q, rounds, measured_threads(cfg), allocator_setting(), str(model_device(model)))
 
 
 def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
@@ -193,7 +208,7 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     torch.manual_seed(params.base.seed)
     prepared = load_prepared(params.data.dataset)
-    model, spec, train_run = load_trained(family, variant)
+    model, spec, train_run = load_trained(family, variant, params.evaluate.device)
     x = torch.from_numpy(prepared.arrays["x_test"]).float()
     y = prepared.arrays["y_test"]
     card = prepared.card
@@ -203,7 +218,8 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
     with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:
         run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
         result = measure_inference(model, x, y, spec.num_classes, params.evaluate, meter)
-        run.set_tags({"energy_method": meter.method, "inference_allocator": result.allocator})
+        run.set_tags({"energy_method": meter.method, "inference_allocator": result.allocator,
+                      "inference_device": result.device})
         cm, acc, f1, energy = result.cm, result.acc, result.f1, result.energy
         metrics = result.metrics()
         run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items() if not isinstance(v, str)})

@@ -76,17 +76,34 @@ def allocator_setting() -> str:
     return _allocator
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where a model computes: its first parameter's or buffer's device (quantized modules keep
+    their weights packed, outside both: they run on the CPU)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously), so a clock reads its end."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The model's outputs over a whole split, ``batch_size`` samples at a time: the one batched
-    prediction (evaluation, the energy readings, a teacher's logits for distillation). The model
-    is run as it is: callers put it in eval mode (loaded models are)."""
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    """The model's outputs over a whole split, ``batch_size`` samples at a time, on the CPU: the
+    one batched prediction (evaluation, the energy readings, a teacher's logits for
+    distillation). ``x`` is copied to the model's device once if it is elsewhere (measurements
+    place it there first). The model is run as it is: callers put it in eval mode (loaded
+    models are)."""
+    x = x.to(model_device(model))
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).cpu()
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Predicted classes over a split (``logits`` then argmax)."""
+    """Predicted classes over a split (``logits`` then argmax), on the CPU."""
     return logits(model, x, batch_size).argmax(1)
 
 
@@ -140,17 +157,19 @@ def measure_rounds(models: dict[str, nn.Module], x: torch.Tensor, batch_size: in
     counts: dict[str, list[int]] = {name: [] for name in models}
     cpu: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
+    on = {d: x.to(d) for d in {model_device(m) for m in models.values()}}  # the inputs where each model computes
     for r in range(rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             interrupts.check()  # between readings: Ctrl-C ends a long measurement within one reading
             model = models[name]
-            predict(model, x, batch_size)  # warm-up: caches and allocator for this model
+            xm = on[model_device(model)]
+            predict(model, xm, batch_size)  # warm-up: caches and allocator for this model
             passes = 0
             c0 = time.process_time()
             with meter.measure() as m:
                 t0 = time.perf_counter()
                 while passes == 0 or time.perf_counter() - t0 < per_round_s:
-                    predict(model, x, batch_size)
+                    predict(model, xm, batch_size)  # ends with a copy to the CPU: the device's work is done
                     passes += 1
             cpu[name].append(time.process_time() - c0)
             readings[name].append(m.total)

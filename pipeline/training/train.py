@@ -98,6 +98,7 @@ class FitResult:
     spec: ModelSpec | None = None
     profile: ModelProfile | None = None
     best_checkpoint: str = ""
+    compute: dict[str, Any] = field(default_factory=dict)  # where it trained (Devices.record())
 
 
 def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run: Run, out_dir: Path, *,
@@ -153,7 +154,8 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         callbacks.append(EarlyStopping(monitor=SCORE, mode="max", patience=cfg.early_stopping_patience))
     with cpu_slot():  # counted among the processes computing here while it trains
         threads, threads_why = share_threads(cfg.threads, beside=devices.processes_per_node)
-        run.log_params({"compute": {**devices.record(), "threads": threads}})
+        result.compute = {**devices.record(), "threads": threads}
+        run.log_params({"compute": result.compute})
         run.set_tags({"threads_policy": threads_why})
         with meter.measure() as measurement, torch_flags_restored():
             run.set_tags({"energy_method": meter.method})
@@ -215,6 +217,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         "cpu_kwh": energy.cpu_kwh,
         "gpu_kwh": energy.gpu_kwh,
         "ram_kwh": energy.ram_kwh,
+        **{f"gpu{i}_j": j for i, j in (energy.gpu_j_by_device or {}).items()},
         "emissions_kg": energy.emissions_kg,
         "mean_power_w": energy.mean_power_w,
         "energy_method": energy.method,
@@ -253,7 +256,8 @@ def export_run(result: FitResult, run: Run, family: str, variant: str, card: dic
     history_path = paths.epoch_plot(family, variant)
     write_history(result.history, history_path)
     run_info = {"run_id": run.run_id, "family": family, "variant": variant, "energy": result.energy.to_dict(),
-                "flops_note": result.profile.flops_note, "data_sha256": card["sha256"], **(extra or {})}
+                "flops_note": result.profile.flops_note, "data_sha256": card["sha256"], "compute": result.compute,
+                **(extra or {})}
     paths.write_json(run_info, out_dir / "run.json")
     for artifact in (result.best_checkpoint, out_dir / SPEC, history_path):
         if artifact:

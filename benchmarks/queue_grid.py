@@ -1,0 +1,120 @@
+"""A grid of experiments through DVC's queue, two at a time against one at a time: wall time, and
+each experiment's training time and energy in both.
+
+    python benchmarks/queue_grid.py [--rounds 2] [--target evaluate@mlp-baseline]
+                                    [-S train.lr=0.001,0.003 -S models.mlp.width=64,128]
+
+Makes a git + DVC repo of this project's code and params.yaml in a temporary directory, runs
+``prepare`` once, then each round queues the grid (``dvc exp run --queue TARGET -S ...``: every
+combination) and runs it with ``dvc queue start -j 1`` and with ``-j 2`` (which first alternates
+every round), timing from the start of the workers to the last experiment's end. Prints the
+wall time of each way (median [range] over rounds, and -j 2 over -j 1), and per experiment the
+training time and energy (``metrics/train/*.json``: CodeCarbon, with its method) in each way
+and their ratio. ``train.threads: auto`` is what keeps two experiments from oversubscribing the
+cores (docs/scale-out.md).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, pipeline_env, summary
+
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+
+
+def sh(case: Path, *cmd: str, timeout: float = 1800) -> str:
+    env = pipeline_env(DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}:{pipeline_env()['PATH']}")
+    out = subprocess.run(list(cmd), cwd=case, env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return out.stdout
+
+
+def make_repo(case: Path) -> None:
+    for code in ("pipeline", "examples"):
+        shutil.copytree(ROOT / code, case / code, ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / f, case / f)
+    (case / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        sh(case, *cmd)
+    sh(case, "dvc", "repro", "prepare")
+    sh(case, *GIT, "add", "-A")
+    sh(case, *GIT, "commit", "-qm", "prepared")
+
+
+def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float, dict[str, dict]]:
+    """Queue the grid, run it ``jobs`` at a time; (wall seconds, train metrics by grid point)."""
+    sh(case, "dvc", "exp", "remove", "--all-commits", "--queue")
+    sh(case, "dvc", "exp", "run", "--queue", target, *[a for s in sets for a in ("-S", s)])
+    log = case / ".dvc" / "tmp" / "queue-start.log"
+    t0 = time.perf_counter()
+    with log.open("w") as out:  # the workers outlive the command: no pipe to wait on
+        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=case, stdout=out, stderr=out, check=True,
+                       env=pipeline_env(DVC_NO_ANALYTICS="1"))
+    while any(s in (status := sh(case, "dvc", "queue", "status")) for s in ("Queued", "Running")):
+        time.sleep(1)
+    wall = time.perf_counter() - t0
+    if "Failed" in status:
+        sys.exit(f"an experiment failed:\n{status}")
+    rows = [r for r in csv.DictReader(io.StringIO(sh(case, "dvc", "exp", "show", "--csv")))
+            if r["Experiment"] and r["typ"] != "baseline"]
+    keys = [s.split("=")[0] for s in sets]
+    points = {}
+    for r in rows:
+        point = ", ".join(f"{k}={r[next(c for c in r if c.endswith(k))]}" for k in keys)
+        # The training's figures (metrics/train/<family>.json; DVC prefixes a column with its
+        # file only where two files share the name).
+        points[point] = {m: float(r[next(c for c in r if c == m or ("/train/" in c and c.endswith(f":{m}")))])
+                         for m in ("duration_s", "energy_j")}
+        points[point]["method"] = r.get("energy_method") or next((r[c] for c in r if c.endswith("energy_method")), "?")
+    return wall, points
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--target", default="evaluate@mlp-baseline")
+    ap.add_argument("-S", dest="sets", action="append", default=None)
+    args = ap.parse_args()
+    sets = args.sets or ["train.lr=0.001,0.003", "models.mlp.width=64,128"]
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    runs: dict[int, dict[str, list[dict]]] = {1: {}, 2: {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        case = Path(tmp)
+        make_repo(case)
+        for r in range(args.rounds):
+            for jobs in ((2, 1) if r % 2 == 0 else (1, 2)):
+                wall, points = run_grid(case, args.target, sets, jobs)
+                walls[jobs].append(wall)
+                for p, m in points.items():
+                    runs[jobs].setdefault(p, []).append(m)
+                print(f"round {r + 1}, -j {jobs}: {wall:.1f} s, {len(points)} experiments", file=sys.stderr, flush=True)
+    n = len(next(iter(runs[1].values()), []))
+    method = next(iter(runs[1].values()))[0]["method"]
+    print(f"grid of {len(runs[1])} ({' x '.join(sets)}) -> dvc exp run --queue {args.target}; {args.rounds} rounds "
+          f"({n} per way); median [range]; energy: CodeCarbon, {method}")
+    for jobs in (1, 2):
+        ratio = "" if jobs == 1 else f" ({statistics.median(walls[2]) / statistics.median(walls[1]):.2f}x -j 1)"
+        print(f"dvc queue start -j {jobs}: wall {summary(walls[jobs], 's')}{ratio}")
+    print("\nper experiment: training time and energy, -j 1 | -j 2 | energy ratio")
+    for p in sorted(runs[1]):
+        one, two = runs[1][p], runs[2].get(p, [])
+        e1 = statistics.median(m["energy_j"] for m in one)
+        e2 = statistics.median(m["energy_j"] for m in two) if two else float("nan")
+        print(f"  {p}: {summary([m['duration_s'] for m in one], 's')}, {summary([m['energy_j'] for m in one], 'J')} | "
+              f"{summary([m['duration_s'] for m in two], 's')}, {summary([m['energy_j'] for m in two], 'J')} | "
+              f"{e2 / e1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
