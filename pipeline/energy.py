@@ -231,6 +231,11 @@ class EnergyMeter:
         finally:
             self._ready.set()
 
+    def tags(self) -> dict[str, str]:
+        """What a run that this meter measured is tagged with: who measured it, and how."""
+        self._wait_ready()  # the method is known once the hardware is probed
+        return {"energy_method": self.method, "energy_backend": self.cfg.backend}
+
     def prewarm(self) -> EnergyMeter:
         """Start probing the hardware on a background thread; returns self."""
         with self._lock:

@@ -94,6 +94,7 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     assert e["predictions_measured"] % n_test == 0 and e["predictions_measured"] >= params.evaluate.energy_rounds * n_test
     (ev,) = _runs(params, "evaluate")
     assert ev.data.tags["variant"] == "baseline"
+    assert ev.data.tags["energy_backend"] == run.data.tags["energy_backend"] == "codecarbon"
     assert ev.data.tags["source_run_id"] == run.info.run_id
     (run,) = _runs(params, "train")
     assert run.data.metrics["test/acc"] == e["test_acc"]  # sortable next to the training energy

@@ -420,7 +420,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
     for plan in plans:
         tags = {**base_tags("compress", family, prepared.card), "variant": plan.name, "technique": plan.technique,
                 "level": plan.level, "source_run_id": source_run_id, "source_variant": source,
-                "energy_method": meter.method}
+                **meter.tags()}
         name = f"compress-{family}-{source}-{plan.name}"
         with tracked_run(params.tracking, name, tags) as run:
             torch.manual_seed(params.base.seed)

@@ -218,7 +218,7 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
     with tracked_run(params.tracking, f"evaluate-{family}-{variant}", tags) as run:
         run.log_params({"family": family, "evaluate": params.evaluate.model_dump(), "model": spec.hparams})
         result = measure_inference(model, x, y, spec.num_classes, params.evaluate, meter)
-        run.set_tags({"energy_method": meter.method, "inference_allocator": result.allocator,
+        run.set_tags({**meter.tags(), "inference_allocator": result.allocator,
                       "inference_device": result.device})
         cm, acc, f1, energy = result.cm, result.acc, result.f1, result.energy
         metrics = result.metrics()

@@ -158,7 +158,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         run.log_params({"compute": result.compute})
         run.set_tags({"threads_policy": threads_why})
         with meter.measure() as measurement, torch_flags_restored():
-            run.set_tags({"energy_method": meter.method})
+            run.set_tags(meter.tags())
             recorder = EpochRecorder(measurement, run, cfg.target_val_acc, threads=cfg.threads)
             trainer = pl.Trainer(
                 max_epochs=cfg.max_epochs,
