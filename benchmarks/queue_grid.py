@@ -6,8 +6,9 @@ each experiment's training time and energy in both.
 
 Makes a git + DVC repo of this project's code and params.yaml in a temporary directory, runs
 ``prepare`` once, then each round queues the grid (``dvc exp run --queue TARGET -S ...``: every
-combination) and runs it with ``dvc queue start -j 1`` and with ``-j 2`` (which first alternates
-every round), timing from the start of the workers to the last experiment's end. Prints the
+combination, ``--force``d so that no stage is restored from DVC's run cache) and runs it with
+``dvc queue start -j 1`` and with ``-j 2`` (which first alternates every round), timing from
+the start of the workers to the last experiment's end. Prints the
 wall time of each way (median [range] over rounds, and -j 2 over -j 1), and per experiment the
 training time and energy (``metrics/train/*.json``: CodeCarbon, with its method) in each way
 and their ratio. ``train.threads: auto`` is what keeps two experiments from oversubscribing the
@@ -31,9 +32,13 @@ from _common import ROOT, pipeline_env, summary
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 
 
+def dvc_env() -> dict[str, str]:
+    """The pipeline's environment with this interpreter's dvc first on PATH."""
+    return pipeline_env(DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}:{pipeline_env()['PATH']}")
+
+
 def sh(case: Path, *cmd: str, timeout: float = 1800) -> str:
-    env = pipeline_env(DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}:{pipeline_env()['PATH']}")
-    out = subprocess.run(list(cmd), cwd=case, env=env, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(list(cmd), cwd=case, env=dvc_env(), capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return out.stdout
@@ -55,12 +60,14 @@ def make_repo(case: Path) -> None:
 def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float, dict[str, dict]]:
     """Queue the grid, run it ``jobs`` at a time; (wall seconds, train metrics by grid point)."""
     sh(case, "dvc", "exp", "remove", "--all-commits", "--queue")
-    sh(case, "dvc", "exp", "run", "--queue", target, *[a for s in sets for a in ("-S", s)])
+    # --force: every stage of the target runs, never restored from DVC's run cache (the same grid
+    # ran in the other way before), prepare included: the same work in both ways.
+    sh(case, "dvc", "exp", "run", "--queue", "--force", target, *[a for s in sets for a in ("-S", s)])
     log = case / ".dvc" / "tmp" / "queue-start.log"
     t0 = time.perf_counter()
     with log.open("w") as out:  # the workers outlive the command: no pipe to wait on
         subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=case, stdout=out, stderr=out, check=True,
-                       env=pipeline_env(DVC_NO_ANALYTICS="1"))
+                       env=dvc_env())
     while any(s in (status := sh(case, "dvc", "queue", "status")) for s in ("Queued", "Running")):
         time.sleep(1)
     wall = time.perf_counter() - t0
