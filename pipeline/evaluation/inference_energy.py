@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import statistics
 import sys
 import time
@@ -79,9 +80,8 @@ def allocator_setting() -> str:
 def model_device(model: nn.Module) -> torch.device:
     """Where a model computes: its first parameter's or buffer's device (quantized modules keep
     their weights packed, outside both: they run on the CPU)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)  # lazily: called on every pass
+    return torch.device("cpu") if first is None else first.device
 
 
 def synchronize(device: torch.device) -> None:
