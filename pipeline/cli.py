@@ -173,7 +173,7 @@ def _compare(args) -> int:
         stages=args.stage, commits=[resolve_commit(c) for c in args.commit], dvc_exps=args.dvc_exp,
         since_ms=None if args.since is None else parse_when(args.since),
         until_ms=None if args.until is None else parse_when(args.until),
-        top=args.top, all_runs=args.all_runs)
+        top=args.top, all_runs=args.all_runs, mix=args.mix)
     cmp = load(params, filters)
     extra = []
     if args.command == "report":  # the data's card and the compress stage's own details
@@ -270,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--top", type=int, metavar="N", help="keep the N most accurate models (N >= 1)")
         sp.add_argument("--all-runs", action="store_true",
                         help="keep every run (default: the latest run per model in each DVC experiment or commit)")
+        sp.add_argument("--mix", action="store_true",
+                        help="one front over runs measured on different machines, by different energy methods, or "
+                             "alone and beside other work (default: each such condition gets its own fronts); the "
+                             "methods' bounds then count as noise, and the rows are marked")
         sp.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
         sp.set_defaults(func=cmd_compare)
     return p

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pipeline.config import EnergyCfg, ParamsError
 from pipeline.private_api import cpu_power_mode
 from pipeline.ranks import gather
+from pipeline.uncertainty import bounds_j
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class EnergyReading:
     backend: str = "codecarbon"
     # Joules of each GPU (by CUDA index) where known: the Zeus backend, or one GPU per process.
     gpu_j_by_device: dict[int, float] | None = None
+    # CPU seconds of this process, and of every other process of the machine, during the block:
+    # the work that ran beside the measurement (pipeline.fingerprint tells alone from shared).
+    own_cpu_s: float | None = None
+    others_cpu_s: float | None = None
+    cores: int | None = None
 
     @property
     def energy_j(self) -> float | None:
@@ -81,13 +87,34 @@ class EnergyReading:
             gpu_j_by_device=None if self.gpu_j_by_device is None or other.gpu_j_by_device is None else {
                 i: self.gpu_j_by_device.get(i, 0.0) + other.gpu_j_by_device.get(i, 0.0)
                 for i in sorted({*self.gpu_j_by_device, *other.gpu_j_by_device})},
+            own_cpu_s=add(self.own_cpu_s, other.own_cpu_s),
+            others_cpu_s=add(self.others_cpu_s, other.others_cpu_s),
         )
 
     @classmethod
     def concurrent(cls, readings: list[EnergyReading]) -> EnergyReading:
         """The reading of work done by several processes at once (the ranks of a DDP run): the
-        energies and emissions summed, the duration the longest."""
-        return replace(sum(readings[1:], readings[0]), duration_s=max(r.duration_s for r in readings))
+        energies and emissions summed, the duration the longest; the work beside it is what
+        each process saw beside itself less the other processes of the run (the least of them)."""
+        total = sum(readings[1:], readings[0])
+        others = None
+        if all(r.others_cpu_s is not None and r.own_cpu_s is not None for r in readings):
+            own = sum(r.own_cpu_s for r in readings)
+            others = max(0.0, min(r.others_cpu_s - (own - r.own_cpu_s) for r in readings))
+        return replace(total, duration_s=max(r.duration_s for r in readings), others_cpu_s=others)
+
+    @property
+    def bounds_j(self) -> tuple[float, float] | None:
+        """(low, high) joules by the bounds of the method that measured it (pipeline.uncertainty)."""
+        j = J_PER_KWH
+        return bounds_j(self.method, *(None if v is None else v * j for v in (self.cpu_kwh, self.ram_kwh, self.gpu_kwh)))
+
+    @property
+    def others_cores(self) -> float | None:
+        """Cores kept busy on average by other processes during the block."""
+        if self.others_cpu_s is None or self.duration_s <= 0:
+            return None
+        return self.others_cpu_s / self.duration_s
 
     def metrics(self, prefix: str = "energy") -> dict[str, float]:
         """Flat metric dict (only measured values) with units in the names."""
@@ -101,6 +128,10 @@ class EnergyReading:
             f"{prefix}/emissions_kg": self.emissions_kg,
             f"{prefix}/mean_power_w": self.mean_power_w,
             **{f"{prefix}/gpu{i}_j": j for i, j in (self.gpu_j_by_device or {}).items()},
+            f"{prefix}/total_j_low": None if self.bounds_j is None else self.bounds_j[0],
+            f"{prefix}/total_j_high": None if self.bounds_j is None else self.bounds_j[1],
+            f"{prefix}/others_cores": self.others_cores,
+            f"{prefix}/cores": self.cores,
         }
         return {k: float(v) for k, v in values.items() if v is not None}
 
@@ -108,6 +139,8 @@ class EnergyReading:
         d = asdict(self)
         d["energy_j"] = self.energy_j
         d["mean_power_w"] = self.mean_power_w
+        d["bounds_j"] = self.bounds_j
+        d["others_cores"] = self.others_cores
         return d
 
 
@@ -126,6 +159,30 @@ def describe_method(tracker) -> tuple[str, str]:
     }.get(cpu_mode, cpu_mode)
     parts = [f"cpu={cpu_method}", "ram=estimate", f"gpu={'nvml' if gpu else 'none'}"]
     return ";".join(parts), cpu_method
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Wall time, this process's CPU seconds and the whole machine's busy CPU seconds (every
+    process; None where the OS does not say), read together at the edges of a measured block."""
+
+    wall: float
+    own: float
+    machine: float | None
+    cores: int
+
+    @classmethod
+    def now(cls) -> Clock:
+        from pipeline.compute import cores
+
+        try:
+            import psutil
+
+            t = psutil.cpu_times()
+            machine = t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        except Exception:  # no machine-wide counters on this OS
+            machine = None
+        return cls(time.perf_counter(), time.process_time(), machine, cores())
 
 
 class _CodeCarbonChatter(logging.Filter):
@@ -191,6 +248,7 @@ class EnergyMeter:
         self._started = False
         self.method = UNAVAILABLE
         self.cpu_method = UNAVAILABLE
+        self.hardware: dict = {}
 
     # -- setup -------------------------------------------------------------------------------
     def _init_tracker(self) -> None:
@@ -219,6 +277,7 @@ class EnergyMeter:
                 tracker.start_task("probe")
                 tracker.stop_task()
             self._tracker = tracker
+            self.hardware = tracker.get_detected_hardware()
             self.method, self.cpu_method = describe_method(tracker)
             if self.cfg.backend == "zeus":
                 self._zeus = ZeusGpus(self.gpu_ids)
@@ -232,9 +291,12 @@ class EnergyMeter:
             self._ready.set()
 
     def tags(self) -> dict[str, str]:
-        """What a run that this meter measured is tagged with: who measured it, and how."""
+        """What a run that this meter measured is tagged with: who measured it, how, where, with
+        what software and threads (``pipeline.fingerprint``)."""
+        from pipeline.fingerprint import fingerprint
+
         self._wait_ready()  # the method is known once the hardware is probed
-        return {"energy_method": self.method, "energy_backend": self.cfg.backend}
+        return fingerprint(self.hardware, self.method, self.cfg.backend)
 
     def prewarm(self) -> EnergyMeter:
         """Start probing the hardware on a background thread; returns self."""
@@ -250,7 +312,7 @@ class EnergyMeter:
         return self._tracker
 
     # -- measuring ---------------------------------------------------------------------------
-    def _start(self) -> tuple[str | None, float]:
+    def _start(self) -> tuple[str | None, Clock]:
         tracker = self._wait_ready()
         name = None
         if tracker is not None:
@@ -262,10 +324,14 @@ class EnergyMeter:
             except Exception as err:
                 log.warning("energy measurement failed to start (%s); continuing without it", err)
                 name = None
-        return name, time.perf_counter()
+        return name, Clock.now()
 
-    def _stop(self, name: str | None, t0: float) -> EnergyReading:
-        duration = time.perf_counter() - t0
+    def _stop(self, name: str | None, t0: Clock) -> EnergyReading:
+        t1 = Clock.now()
+        duration, own, others = t1.wall - t0.wall, t1.own - t0.own, None
+        if t0.machine is not None and t1.machine is not None:
+            others = max(0.0, (t1.machine - t0.machine) - own)
+        cpu_s = {"own_cpu_s": own, "others_cpu_s": others, "cores": t0.cores}
         data = gpus = None
         if name is not None:
             try:
@@ -275,7 +341,7 @@ class EnergyMeter:
                 log.warning("energy measurement failed to stop (%s); reading marked unavailable", err)
         if data is None:
             return EnergyReading(duration_s=duration, country_iso_code=self.cfg.country_iso_code,
-                                 backend=self.cfg.backend)
+                                 backend=self.cfg.backend, **cpu_s)
         cpu, ram, gpu = float(data.cpu_energy), float(data.ram_energy), float(data.gpu_energy)
         total, emissions = float(data.energy_consumed), float(data.emissions)
         if gpus is not None:  # Zeus's GPU joules in place of CodeCarbon's; emissions at CodeCarbon's intensity
@@ -296,6 +362,7 @@ class EnergyMeter:
             country_iso_code=self.cfg.country_iso_code,
             backend=self.cfg.backend,
             gpu_j_by_device=gpus,
+            **cpu_s,
         )
 
     @contextmanager
@@ -315,7 +382,7 @@ class Measurement:
     meter: EnergyMeter
     segments: list[EnergyReading] = field(default_factory=list)
     _task: str | None = None
-    _t0: float = 0.0
+    _t0: Clock | None = None
     _open: bool = False
 
     def __post_init__(self):

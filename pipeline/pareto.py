@@ -20,6 +20,12 @@ front's least cost), with quality scaled linearly to [0, 1] over the front and c
 [0, 1] on a log10 scale over the front. Ties go to the cheaper point, then the more accurate one,
 then the first given.
 
+**With noise** (``noisy_front``): each point may carry the standard errors of its quality and
+its cost. A point is then dominated only by one that is at least as good on both (as above) and
+better by more than the noise on at least one of them (``uncertainty.beyond``): the exact front,
+plus every point whose only dominators are within the noise of it. Front points within the noise
+of each other on both axes are **ties** (``ties``): a reader should not rank them.
+
 Why log10 for cost, for the report and the search alike: energies differ by orders of magnitude
 (families in the report; in a search, trials of different widths, depths and batch sizes,
 stopped early or not, differ by large factors too), and what a cheaper model is worth is the
@@ -80,3 +86,53 @@ def knee(points: Sequence[tuple[float | None, float | None]], front: Sequence[in
         return (round(dq * dq + dc * dc, 12), points[front[k]][1], -points[front[k]][0], front[k])
 
     return front[min(range(len(front)), key=key)]
+
+
+Noise = Sequence[tuple[float | None, float | None]]  # (quality's, cost's) standard error per point
+
+
+def noisy_front(points: Sequence[tuple[float | None, float | None]], noise: Noise | None = None) -> list[int]:
+    """The front when a point is dominated only beyond the noise (see the module's rule), in the
+    order of ``pareto_front``; without ``noise``, ``pareto_front`` itself. Quadratic in the
+    points off the exact front, checked against the whole set in blocks with numpy."""
+    exact = pareto_front(points)
+    if noise is None:
+        return exact
+    import numpy as np
+
+    from pipeline.uncertainty import Z
+
+    idx = [i for i, (q, c) in enumerate(points) if _usable(q, c)]
+    if not idx:
+        return exact
+    q = np.array([points[i][0] for i in idx], float)
+    c = np.array([points[i][1] for i in idx], float)
+    sq = np.array([noise[i][0] or 0.0 for i in idx], float)
+    sc = np.array([noise[i][1] or 0.0 for i in idx], float)
+    on_exact = set(exact)
+    kept = list(exact)
+    for a in (k for k, i in enumerate(idx) if i not in on_exact):
+        weakly = (q >= q[a]) & (c <= c[a]) & ((q > q[a]) | (c < c[a]))
+        beyond_q = (q - q[a]) > Z * np.hypot(sq, sq[a])
+        beyond_c = (c[a] - c) > Z * np.hypot(sc, sc[a])
+        if not np.any(weakly & (beyond_q | beyond_c)):
+            kept.append(idx[a])
+    return sorted(kept, key=lambda i: (points[i][1], -points[i][0], i))
+
+
+def ties(points: Sequence[tuple[float | None, float | None]], members: Sequence[int],
+         noise: Noise | None) -> dict[int, list[int]]:
+    """For each of ``members`` (e.g. a front), the other members within the noise of it on both
+    axes; points with none are left out."""
+    from pipeline.uncertainty import beyond
+
+    if noise is None:
+        return {}
+    out: dict[int, list[int]] = {}
+    for a in members:
+        near = [b for b in members if b != a
+                and not beyond(points[a][0], points[b][0], noise[a][0], noise[b][0])
+                and not beyond(points[a][1], points[b][1], noise[a][1], noise[b][1])]
+        if near:
+            out[a] = near
+    return out

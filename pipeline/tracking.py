@@ -152,10 +152,16 @@ class Run:
         """Log a batch of metrics. ``background=True`` hands the write to a worker thread, so a
         training loop does not wait on the store (a SQLite commit is ~8 ms here); ``flush()``
         waits for it, and ending the run flushes."""
+        self.log_steps({step or 0: metrics}, background=background)
+
+    def log_steps(self, by_step: dict[int, dict[str, float]], background: bool = False) -> None:
+        """Log metrics of several steps (e.g. a value per epoch, known at the end) in one batch;
+        ``background`` as in ``log_metrics``."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+        items = [Metric(k, float(v), ts, step) for step, metrics in by_step.items()
+                 for k, v in metrics.items() if v is not None]
         batches = [items[i:i + 1000] for i in range(0, len(items), 1000)]
         if background:
             self._ensure_worker()
@@ -246,7 +252,7 @@ class NullRun(Run):
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None, background: bool = False) -> None:
+    def log_steps(self, by_step: dict[int, dict[str, float]], background: bool = False) -> None:
         pass
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -409,12 +409,13 @@ def test_energy_method_sentence_names_the_methods_the_rows_carry():
     assert "rapl" not in one.lower() and "methods" not in one  # nothing about a method no row carries
     two = _notes([_rec(0, "mlp"), _rec(1, "cnn", method=RAPL), _rec(2, "rnn", method=RAPL)])
     assert f"2 methods: `{RAPL}` (2 models: CPU from Intel RAPL" in two and f"`{METHOD}` (1 model:" in two
-    assert "mix 2 of them" in two
+    # Two methods are two conditions: each has its own fronts, and the notes say so.
+    assert "2 conditions, which are not comparable" in two
     # An unmeasured run is named, but it is on no front: the fronts do not mix methods.
     unmeasured = _rec(1, "cnn", method="unavailable")
     del unmeasured.metrics["energy/total_j"], unmeasured.metrics["test/energy_per_1k_j"]
     text = _notes([_rec(0, "mlp"), unmeasured])
-    assert "`unavailable` (1 model: not measured" in text and "mix" not in text
+    assert "`unavailable` (1 model: not measured" in text
     assert "1 model without training energy; 1 model without inference energy" in text
 
 

@@ -368,7 +368,8 @@ _METRIC_NAMES = {
     "latency_ratio": "compress/latency_ratio", "throughput_ratio": "compress/throughput_ratio",
     "size_ratio": "compress/size_ratio", "sparsity": "compress/sparsity",
     "energy_ratio_q1": "compress/energy_ratio_q1", "energy_ratio_q3": "compress/energy_ratio_q3",
-    "energy_per_1k_j_spread": "test/energy_per_1k_j_spread",
+    "energy_per_1k_j_spread": "test/energy_per_1k_j_spread", "energy_per_1k_j_se": "test/energy_per_1k_j_se",
+    "test_samples": "test/samples",
     "units_removed_fraction": "compress/units_removed_fraction", "student_val_acc": "compress/student_val_acc",
 }
 

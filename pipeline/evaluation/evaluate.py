@@ -36,6 +36,7 @@ from pipeline.evaluation.inference_energy import (
 from pipeline.models import saved
 from pipeline.models.factory import ModelSpec
 from pipeline.tracking import base_tags, tracked_run
+from pipeline.uncertainty import Spread
 
 
 def load_trained(family: str, variant: str = paths.BASELINE, device: str = "cpu") -> tuple[nn.Module, ModelSpec, dict]:
@@ -143,6 +144,7 @@ class InferenceMeasurement:
         metrics: dict[str, float] = {
             "test_acc": self.acc,
             "test_f1_macro": self.f1,
+            "test_samples": len(self.y_pred),  # the accuracy's standard error follows from it
             "latency_ms_per_sample": self.latency_s * 1e3,
             "throughput_per_s": n_pred / energy.duration_s,
             "predictions_measured": n_pred,
@@ -159,6 +161,9 @@ class InferenceMeasurement:
             spread = self.rounds.spread()
             if spread is not None:
                 metrics["energy_per_1k_j_spread"] = spread
+            rounds = Spread.of(self.rounds.per_1k_j() or [])
+            if rounds is not None and rounds.sem is not None:
+                metrics["energy_per_1k_j_se"] = rounds.sem  # standard error over the rounds
         return metrics
 
 
@@ -228,7 +233,8 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
         # accuracy next to training energy, sortable by either.
         if train_run.get("run_id"):
             run.log_metrics_to(train_run["run_id"], {
-                "test/acc": acc, "test/f1_macro": f1, "test/energy_per_1k_j": metrics.get("energy_per_1k_j")})
+                "test/acc": acc, "test/f1_macro": f1, "test/samples": metrics["test_samples"],
+                **{f"test/{k}": metrics.get(k) for k in ("energy_per_1k_j", "energy_per_1k_j_se")}})
 
         cm_path = paths.confusion_plot(family, variant)
         cm_path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,18 @@ Costs of a row (J; Wh = J / 3600; g CO2eq = kg x 1000):
 Groups: a row belongs to its DVC experiment (tag ``dvc_exp_name``), else to the git commit it
 ran at. By default a rerun replaces the earlier run of the same model in the same group (latest
 ``start_time`` wins); ``all_runs`` keeps every run.
+
+Noise (``pipeline.uncertainty``). A row's training energy is the mean of every run of its
+configuration (tag ``config_key``: same family, model, training params and data; any seed) in its
+group measured under its condition: the repeats of ``train.repeats`` and reruns alike, with their
+count and confidence interval. Each row carries the standard errors the noise-aware fronts use:
+test accuracy's from its test split's size (binomial); training energy's from its repeats, else
+the coefficient of variation pooled over the repeated configurations of its condition, else
+none (not measured: compared exactly); inference energy's over the evaluation's rounds.
+
+Conditions (``pipeline.fingerprint``): rows measured on different machines, by different methods,
+or alone versus beside other work, are not comparable. Each condition gets its own fronts and
+knees unless ``mix``, which puts them on one front with each method's bounds added to the noise.
 """
 from __future__ import annotations
 
@@ -31,10 +43,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pipeline import fingerprint
 from pipeline.data.source import DataError
 from pipeline.models.family import families
-from pipeline.pareto import knee, pareto_front
+from pipeline.pareto import knee, noisy_front, pareto_front, ties
 from pipeline.reporting.store import RunRecord
+from pipeline.uncertainty import Spread, Z, binomial_se, pooled_cv
 
 # Stages that produce models; a tuned refit's origin is "tune" (its MLflow tag says stage=train).
 MODEL_STAGES = ("train", "tune", "sweep", "compress")
@@ -106,6 +120,7 @@ class Filters:
     until_ms: int | None = None
     top: int | None = None
     all_runs: bool = False
+    mix: bool = False  # one front over runs measured under different conditions (marked)
 
     def validate(self) -> Filters:
         bad = [f for f in self.families if f not in families()]
@@ -133,6 +148,8 @@ class Filters:
         if self.top is not None:
             parts.append(f"top {self.top} by test accuracy")
         parts.append("every run" if self.all_runs else "latest run per model and group")
+        if self.mix:
+            parts.append("conditions mixed on one front")
         return "; ".join(parts)
 
     def store_filter(self) -> dict[str, dict[str, str]]:
@@ -179,11 +196,13 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
     derived = stage == "compress" and not t.get("technique", "").startswith("scratch")
     source = by_id.get(t.get("source_run_id", "")) if derived else None
     own_j, own_kg, own_s = _num(m.get("energy/total_j")), _num(m.get("energy/emissions_kg")), _num(m.get("energy/duration_s"))
+    low, high = _num(m.get("energy/total_j_low")), _num(m.get("energy/total_j_high"))
     if source is not None:  # a variant of a trained model: its cost includes its source's training
         sm = source.metrics
         train_j = _add(_num(sm.get("energy/total_j")), own_j)
         train_kg = _add(_num(sm.get("energy/emissions_kg")), own_kg)
         train_s = _add(_num(sm.get("energy/duration_s")), own_s)
+        low, high = _add(_num(sm.get("energy/total_j_low")), low), _add(_num(sm.get("energy/total_j_high")), high)
         searched = source
     else:
         train_j, train_kg, train_s, searched = own_j, own_kg, own_s, r
@@ -193,6 +212,7 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
     ev = evals.get(r.run_id)
     em = ev.metrics if ev is not None else {}
     commit = t.get("git_commit", "unknown")
+    test_acc, test_n = _num(m.get("test/acc")), _num(m.get("test/samples"))
     return {
         "model": f"{family}-{variant}",
         "family": family,
@@ -200,17 +220,23 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
         "stage": stage,
         "group": group_of(t),
         "experiment": r.experiment,
-        "test_acc": _num(m.get("test/acc")),
+        "test_acc": test_acc,
+        "test_samples": test_n,
+        "test_acc_se": binomial_se(test_acc, int(test_n) if test_n else None),
         "test_f1_macro": _num(m.get("test/f1_macro")),
         "val_acc": _num(m.get("val/acc_best", m.get("final/val_acc"))),
         "train_energy_j": train_j,
         "train_energy_wh": None if train_j is None else train_j / 3600,
         "train_emissions_g": None if train_kg is None else train_kg * 1000,
         "train_duration_s": train_s,
+        "train_energy_low_j": low,
+        "train_energy_high_j": high,
+        "train_energy_n": 1 if own_j is not None else 0,
         "search_energy_j": search_j,
         "search_emissions_g": None if search_kg is None else search_kg * 1000,
         "obtain_energy_j": None if train_j is None else train_j + (search_j or 0.0),
         "energy_per_1k_j": _num(m.get("test/energy_per_1k_j")),
+        "energy_per_1k_j_se": _num(m.get("test/energy_per_1k_j_se")),
         "latency_ms_per_sample": _num(em.get("test/latency_ms_per_sample", m.get("test/latency_ms_per_sample"))),
         "params": _num(m.get("model/params_total")),
         "size_bytes": _num(m.get("model/size_bytes", m.get("model/param_bytes"))),
@@ -219,6 +245,11 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
         "flops_per_joule": _num(m.get("final/flops_per_joule")),
         "energy_to_target_j": _num(m.get("final/energy_to_target_j")),
         "energy_method": t.get("energy_method", "unknown"),
+        "condition": fingerprint.condition(t, m),
+        "host": {k: v for k, v in t.items() if k.startswith("host_")},
+        "libraries": t.get("libraries", ""),
+        "torch_threads": t.get("torch_threads", ""),
+        "config_key": t.get("config_key", ""),
         # A variant whose source run was not read counts its compression cost alone (the report says so).
         "source_missing": derived and source is None,
         "flops_note": t.get("flops_note", ""),
@@ -299,8 +330,21 @@ def label_rows(rows: list[dict]) -> None:
 
 
 @dataclass
+class Condition:
+    """Rows measured under one condition (``pipeline.fingerprint``): their own fronts and knees."""
+
+    key: tuple[str, str, str]
+    label: str
+    rows: list[int]  # indices into Comparison.rows
+    knees: dict[str, int | None]
+    noise_cv: tuple[float, int] | None  # pooled CV of training energy, configurations it came from
+
+
+@dataclass
 class Comparison:
-    """The selected model rows with their Pareto fronts and knees (indices into ``rows``)."""
+    """The selected model rows with their Pareto fronts and knees (indices into ``rows``): per
+    condition (``conditions``), or over every row with ``filters.mix``. ``knees`` holds, per axis,
+    the knee of the first condition (the one with the most rows)."""
 
     rows: list[dict]
     fronts: dict[str, list[int]]
@@ -309,6 +353,7 @@ class Comparison:
     store: str
     filters: Filters
     runs_read: int
+    conditions: list[Condition] = field(default_factory=list)
     generated_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
@@ -316,9 +361,85 @@ class Comparison:
         return sorted({r["group"] for r in self.rows})
 
 
+def _repeat_samples(records: list[RunRecord]) -> dict[tuple, list[float]]:
+    """Training energies of finished runs by (experiment, group, config_key, condition)."""
+    out: dict[tuple, list[float]] = {}
+    for r in records:
+        key = r.tags.get("config_key")
+        j = _num(r.metrics.get("energy/total_j"))
+        if key and j is not None and r.status == "FINISHED":
+            cond = fingerprint.condition(r.tags, r.metrics)
+            out.setdefault((r.experiment, group_of(r.tags), key, cond), []).append(j)
+    return out
+
+
+def _apply_repeats(rows: list[dict], samples: dict[tuple, list[float]]) -> dict[tuple, Spread]:
+    """A row whose configuration ran several times gets the mean of its runs as training energy
+    (``train_energy_n`` runs, ``train_energy_ci95_j``); returns every repeated configuration's spread."""
+    spreads = {k: Spread.of(v) for k, v in samples.items() if len(v) > 1}
+    for r in rows:
+        sp = spreads.get((r["experiment"], r["group"], r["config_key"], r["condition"])) if r["config_key"] else None
+        if sp is None or r["train_energy_j"] is None:
+            continue
+        scale = sp.mean / r["train_energy_j"]  # the method's bounds follow the mean
+        r["train_energy_j"], r["train_energy_n"], r["train_energy_ci95_j"] = sp.mean, sp.n, sp.ci95
+        r["train_energy_sd_j"] = sp.sd
+        r["train_energy_wh"] = sp.mean / 3600
+        for k in ("train_energy_low_j", "train_energy_high_j"):
+            r[k] = None if r[k] is None else r[k] * scale
+        r["obtain_energy_j"] = sp.mean + (r["search_energy_j"] or 0.0)
+    return spreads
+
+
+def _noise(r: dict, key: str, cv: float | None, mix: bool) -> tuple[float | None, float | None]:
+    """(quality's, cost's) standard error of a row on one energy axis (the module's rules)."""
+    value = r.get(key)
+    if value is None:
+        return r["test_acc_se"], None
+    if key == "energy_per_1k_j":
+        se = r.get("energy_per_1k_j_se")
+    else:
+        n = r.get("train_energy_n") or 1
+        sd = r.get("train_energy_sd_j") if n > 1 else None
+        if sd is None and cv is not None and r["train_energy_j"]:
+            sd = cv * r["train_energy_j"]
+        se = None if sd is None else sd / math.sqrt(n)
+        if key == "obtain_energy_j" and r.get("search_energy_j") and cv is not None:
+            se = math.hypot(se or 0.0, cv * r["search_energy_j"])
+    if mix:  # the method's bounds do not cancel between conditions: half their width is ~Z errors
+        low, high = r.get("train_energy_low_j"), r.get("train_energy_high_j")
+        if key != "energy_per_1k_j" and low is not None and high is not None and r.get("train_energy_j"):
+            rel = (high - low) / 2 / r["train_energy_j"]
+            se = math.hypot(se or 0.0, rel * value / Z)
+    return r["test_acc_se"], se
+
+
+def _fronts(rows: list[dict], members: list[int], cv: float | None, mix: bool) -> dict[str, tuple[list[int], int | None]]:
+    """(front, knee) per axis over the rows ``members``; marks each row's flags."""
+    out = {}
+    for key, _, axis in AXES:
+        pts = [(rows[i]["test_acc"], rows[i][key]) for i in members]
+        # A cost of zero or less is a measurement that did not happen, not a free model.
+        pts = [(q, c) if c is not None and c > 0 else (q, None) for q, c in pts]
+        noise = [_noise(rows[i], key, cv, mix) for i in members]
+        front = noisy_front(pts, noise)
+        k = knee(pts, pareto_front(pts))
+        tied = ties(pts, front, noise)
+        on = set(front)
+        for j, i in enumerate(members):
+            r = rows[i]
+            r[f"front_{axis}"] = j in on
+            r[f"knee_{axis}"] = j == k
+            r[f"ties_{axis}"] = [rows[members[t]]["label"] for t in tied.get(j, [])]
+            r[f"noise_{axis}"] = noise[j]
+        out[axis] = ([members[j] for j in front], None if k is None else members[k])
+    return out
+
+
 def compare(records: list[RunRecord], f: Filters, experiments: list[str], store: str) -> Comparison:
     """Model rows of ``records`` selected by ``f``, with a front and knee per energy axis and
-    per-row flags ``front_<axis>`` / ``knee_<axis>``. Raises EmptySelection with what exists."""
+    per-row flags ``front_<axis>`` / ``knee_<axis>`` / ``ties_<axis>``. Raises EmptySelection
+    with what exists."""
     all_rows = model_rows(records)
     where = f"MLflow experiment(s) {', '.join(experiments) or '(none)'} in {store}"
     if not records:
@@ -339,16 +460,39 @@ def compare(records: list[RunRecord], f: Filters, experiments: list[str], store:
         raise EmptySelection(f"no model matches the filters ({f.describe()}); {len(all_rows)} models in {where} "
                              f"({have}; runs from {_iso(first)} to {_iso(last)})")
     label_rows(rows)
-    fronts, knees = {}, {}
-    for key, _, axis in AXES:
-        pts = [(r["test_acc"], r[key]) for r in rows]
-        # A cost of zero or less is a measurement that did not happen, not a free model.
-        pts = [(q, c) if c is not None and c > 0 else (q, None) for q, c in pts]
-        front = pareto_front(pts)
-        fronts[axis] = front
-        knees[axis] = knee(pts, front)
-        on = set(front)
-        for i, r in enumerate(rows):
-            r[f"front_{axis}"] = i in on
-            r[f"knee_{axis}"] = i == knees[axis]
-    return Comparison(rows, fronts, knees, experiments, store, f, len(records))
+    spreads = _apply_repeats(rows, _repeat_samples(records))
+    by_cond: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_cond.setdefault(r["condition"], []).append(i)
+    tags_of = {r.run_id: r.tags for r in records}
+    conditions = [Condition(c, fingerprint.describe(c, tags_of.get(rows[by_cond[c][0]]["run_id"])), by_cond[c], {},
+                            pooled_cv([sp for k, sp in spreads.items() if k[3] == c]))
+                  for c in sorted(by_cond, key=lambda c: (-len(by_cond[c]), c))]
+    for n, cond in enumerate(conditions, 1):
+        for i in cond.rows:
+            rows[i]["condition_id"], rows[i]["condition_text"] = f"C{n}", cond.label
+    fronts: dict[str, list[int]] = {axis: [] for _, _, axis in AXES}
+    knees: dict[str, int | None] = {}
+    if f.mix:  # one front over every row; each condition names the knee if it is one of its rows
+        cv = pooled_cv(list(spreads.values()))
+        for axis, (front, k) in _fronts(rows, list(range(len(rows))), cv and cv[0], True).items():
+            fronts[axis], knees[axis] = front, k
+            for cond in conditions:
+                cond.knees[axis] = k if k in cond.rows else None
+    else:
+        for cond in conditions:
+            for axis, (front, k) in _fronts(rows, cond.rows, cond.noise_cv and cond.noise_cv[0], False).items():
+                fronts[axis] += front
+                cond.knees[axis] = k
+        knees = dict(conditions[0].knees)
+    for axis in fronts:
+        fronts[axis].sort(key=lambda i, a=axis: (_cost(rows[i], a), -(rows[i]["test_acc"] or 0), i))
+    return Comparison(rows, fronts, knees, experiments, store, f, len(records), conditions)
+
+
+_AXIS_KEY = {axis: key for key, _, axis in AXES}
+
+
+def _cost(r: dict, axis: str) -> float:
+    v = r.get(_AXIS_KEY[axis])
+    return v if v is not None else math.inf

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from pipeline.models.family import families as registered_families
 from pipeline.reporting.compare import AXES, Comparison
+from pipeline.uncertainty import Z
 
 # matplotlib's tab10: a family's colour is the entry at its index in the registry (stable from
 # one report to the next), families no longer registered following in name order.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 STAGE_MARKERS = {"train": "o", "tune": "s", "sweep": "^", "compress": "D"}
+FRONT_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))  # one per condition kept apart
 MAX_LABELS = 8  # a longer front has only its ends and its knee labelled; the tables name the rest
 
 
@@ -51,15 +53,34 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _legend(ax, colors: dict[str, str], stages: list[str]) -> None:
+def _legend(ax, colors: dict[str, str], stages: list[str], fronts: list[str]) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker="o", color=c, label=f) for f, c in colors.items()]
     handles += [Line2D([], [], ls="", marker=STAGE_MARKERS.get(s, "x"), color="#555555", mfc="none", label=s)
                 for s in stages]
-    handles += [Line2D([], [], ls="--", color="k", lw=1, label="Pareto front"),
-                Line2D([], [], ls="", marker="*", ms=14, mfc="gold", mec="k", label="knee")]
+    handles += [Line2D([], [], ls=FRONT_STYLES[i % len(FRONT_STYLES)], color="k", lw=1, label=name)
+                for i, name in enumerate(fronts)]
+    handles += [Line2D([], [], ls="", marker="*", ms=14, mfc="gold", mec="k", label="knee"),
+                Line2D([], [], ls="-", color="#555555", lw=0.8, label=f"{Z:g} standard errors")]
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.85)
+
+
+def _front_lines(cmp: Comparison, axis: str) -> list[tuple[str, list[int], list[int]]]:
+    """(legend name, front rows, knee rows) of each front drawn: one per condition kept apart,
+    or the one front of a mixed comparison."""
+    front = cmp.fronts[axis]
+    if cmp.filters.mix or len(cmp.conditions) < 2:
+        knees = sorted({c.knees.get(axis) for c in cmp.conditions} - {None}) or \
+            ([cmp.knees[axis]] if cmp.knees.get(axis) is not None else [])
+        return [("Pareto front" + (" (conditions mixed)" if cmp.filters.mix and len(cmp.conditions) > 1 else ""),
+                 front, knees[:1] if not cmp.filters.mix else knees)]
+    out = []
+    for n, cond in enumerate(cmp.conditions, 1):
+        members = set(cond.rows)
+        k = cond.knees.get(axis)
+        out.append((f"Pareto front, C{n}", [i for i in front if i in members], [] if k is None else [k]))
+    return out
 
 
 def pareto_figure(cmp: Comparison, path: Path) -> Path:
@@ -71,29 +92,40 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
     colors = family_colors(rows)
     stages = sorted({r["stage"] for r in rows})
     for ax, (key, title, axis) in zip(axes[0], AXES, strict=True):
-        front, knee_i = cmp.fronts[axis], cmp.knees[axis]
-        on = set(front)
+        lines = _front_lines(cmp, axis)
+        on = set(cmp.fronts[axis])
         usable = [i for i, r in enumerate(rows) if r[key] is not None and r[key] > 0 and r["test_acc"] is not None]
         sets: dict[tuple, list[int]] = {}
         for i in usable:
             sets.setdefault((rows[i]["family"], rows[i]["stage"], i in on), []).append(i)
         for (family, stage, is_front), idx in sets.items():
-            ax.scatter([rows[i][key] for i in idx], [rows[i]["test_acc"] for i in idx],
-                       c=colors[family], marker=STAGE_MARKERS.get(stage, "x"),
+            xs, ys = [rows[i][key] for i in idx], [rows[i]["test_acc"] for i in idx]
+            noise = [rows[i].get(f"noise_{axis}") or (None, None) for i in idx]
+            yerr = [Z * (q or 0.0) for q, _ in noise]
+            xerr = [Z * (c or 0.0) for _, c in noise]
+            # a bar never reaches zero or below on the log axis
+            xerr_lo = [min(e, 0.9 * x) for e, x in zip(xerr, xs, strict=True)]
+            if any(yerr) or any(xerr):
+                ax.errorbar(xs, ys, xerr=[xerr_lo, xerr], yerr=yerr, fmt="none", ecolor=colors[family], lw=0.8,
+                            alpha=0.8 if is_front else 0.2, zorder=2)
+            ax.scatter(xs, ys, c=colors[family], marker=STAGE_MARKERS.get(stage, "x"),
                        s=60 if is_front else 30, alpha=1.0 if is_front else 0.25,
                        edgecolors="k" if is_front else "none", linewidths=0.6, zorder=3 if is_front else 2)
-        if front:
-            ax.plot([rows[i][key] for i in front], [rows[i]["test_acc"] for i in front], "k--", lw=1, zorder=1)
+        for n, (_, front, knees) in enumerate(lines):
+            if not front:
+                continue
+            ax.plot([rows[i][key] for i in front], [rows[i]["test_acc"] for i in front],
+                    ls=FRONT_STYLES[n % len(FRONT_STYLES)], color="k", lw=1, zorder=1)
             xs = [rows[i][key] for i in front]
             mid = (min(xs) * max(xs)) ** 0.5  # labels of the right half go to the left of their point
-            labelled = front if len(front) <= MAX_LABELS else [front[0], front[-1], *([knee_i] if knee_i is not None else [])]
-            for i in labelled:
+            labelled = front if len(front) <= MAX_LABELS else [front[0], front[-1], *knees]
+            for i in dict.fromkeys(labelled):
                 right = rows[i][key] > mid
                 ax.annotate(rows[i]["label"], (rows[i][key], rows[i]["test_acc"]), textcoords="offset points",
                             xytext=(-6 if right else 6, -11), ha="right" if right else "left", fontsize=7)
-        if knee_i is not None:
-            ax.scatter([rows[knee_i][key]], [rows[knee_i]["test_acc"]], marker="*", s=320, c="gold",
-                       edgecolors="k", linewidths=0.8, zorder=4)
+            if knees:
+                ax.scatter([rows[k][key] for k in knees], [rows[k]["test_acc"] for k in knees], marker="*", s=320,
+                           c="gold", edgecolors="k", linewidths=0.8, zorder=4)
         if usable:
             ax.set_xscale("log")
             _log_axis(ax.xaxis)
@@ -104,7 +136,7 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
         ax.set_ylabel("test accuracy")
         ax.set_title(f"Accuracy vs {title.split(' (')[0]}", fontsize=11)
         ax.grid(alpha=0.3, which="both")
-    _legend(axes[0][0], colors, stages)
+    _legend(axes[0][0], colors, stages, [name for name, _, _ in _front_lines(cmp, AXES[0][2])])
     # Fixed margins: tight_layout would draw the whole figure once more just to measure it.
     fig.subplots_adjust(left=0.045, right=0.99, bottom=0.11, top=0.93, wspace=0.16)
     fig.savefig(path, dpi=90)

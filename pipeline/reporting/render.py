@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.reporting.compare import AXES, Comparison
+from pipeline.uncertainty import Z
 
 # (row key, column title, format) of the per-family tables.
 COLUMNS = [
@@ -22,6 +23,7 @@ COLUMNS = [
     ("test_acc", "test acc", "{:.4f}"),
     ("test_f1_macro", "macro-F1", "{:.4f}"),
     ("train_energy_j", "train energy (J)", "{:,.1f}"),
+    ("train_energy_bounds", "method bounds (J)", "{}"),
     ("train_energy_wh", "train energy (Wh)", "{:.4f}"),
     ("train_emissions_g", "train CO2eq (g)", "{:.4f}"),
     ("train_duration_s", "train time (s)", "{:.1f}"),
@@ -71,9 +73,34 @@ def _fronts_cell(r: dict) -> str:
     return " ".join(marks)
 
 
-def _cells(r: dict) -> list[str]:
-    row = {**r, "fronts": _fronts_cell(r) or "-"}
-    return [fmt(row.get(key), spec) for key, _, spec in COLUMNS]
+# Cells that show their figure's noise: (row key, axis whose noise it is, 0 quality / 1 cost).
+NOISY = {"test_acc": ("train", 0), "train_energy_j": ("train", 1), "energy_per_1k_j": ("inference", 1)}
+
+
+def columns(cmp: Comparison) -> list[tuple[str, str, str]]:
+    """The tables' columns: with several conditions kept apart or mixed, which one each row is."""
+    if len(cmp.conditions) < 2:
+        return COLUMNS
+    return [*COLUMNS[:3], ("condition_id", "measured", "{}"), *COLUMNS[3:]]
+
+
+def _noisy(r: dict, key: str, spec: str) -> str:
+    """A figure with its 95 % half-width (Z standard errors), and its count where it is a mean."""
+    text = fmt(r.get(key), spec)
+    axis, part = NOISY[key]
+    se = (r.get(f"noise_{axis}") or (None, None))[part]
+    if r.get(key) is not None and se:
+        text += " \u00b1 " + fmt(Z * se, spec)
+    if key == "train_energy_j" and (r.get("train_energy_n") or 0) > 1:
+        text += f" (n={r['train_energy_n']})"
+    return text
+
+
+def _cells(r: dict, cols: Sequence[tuple[str, str, str]] = COLUMNS) -> list[str]:
+    low, high = r.get("train_energy_low_j"), r.get("train_energy_high_j")
+    row = {**r, "fronts": _fronts_cell(r) or "-",
+           "train_energy_bounds": None if low is None or high is None else f"{low:,.0f}-{high:,.0f}"}
+    return [_noisy(row, key, spec) if key in NOISY else fmt(row.get(key), spec) for key, _, spec in cols]
 
 
 def _on_any_front(r: dict) -> bool:
@@ -109,20 +136,29 @@ def scope_text(cmp: Comparison) -> str:
 
 
 def _knee_lines(cmp: Comparison) -> list[tuple[str, str]]:
-    """(axis title, sentence) per energy axis: its knee and its front from cheap to accurate."""
+    """(axis title, sentence) per energy axis, and per condition when conditions are kept apart:
+    its knee, the models within the noise of it, and its front from cheap to accurate."""
     out = []
+    apart = len(cmp.conditions) > 1 and not cmp.filters.mix
     for key, title, axis in AXES:
-        front, k = cmp.fronts[axis], cmp.knees[axis]
-        if not front:
-            out.append((title, "no model has this measurement."))
-            continue
-        kr = cmp.rows[k]
-        steps = ", ".join(f"{cmp.rows[i]['label']} ({cmp.rows[i]['test_acc']:.4f} at {fmt(cmp.rows[i][key], '{:.4g}')} J)"
-                          for i in front[:MAX_FRONT_LISTED])
-        if len(front) > MAX_FRONT_LISTED:
-            steps += f", and {len(front) - MAX_FRONT_LISTED} more (column \"front\" of the tables)"
-        out.append((title, f"knee {KNEE} **{kr['label']}**: test accuracy {kr['test_acc']:.4f} for "
-                           f"{fmt(kr[key], '{:.4g}')} J. Front, cheapest first: {steps}."))
+        parts = ([(f"{title} ({f'C{n}'})", cond.knees.get(axis), [i for i in cmp.fronts[axis] if i in set(cond.rows)])
+                  for n, cond in enumerate(cmp.conditions, 1)] if apart
+                 else [(title, cmp.knees.get(axis), cmp.fronts[axis])])
+        for name, k, front in parts:
+            if not front or k is None:
+                out.append((name, "no model has this measurement."))
+                continue
+            kr = cmp.rows[k]
+            steps = ", ".join(f"{cmp.rows[i]['label']} ({cmp.rows[i]['test_acc']:.4f} at {fmt(cmp.rows[i][key], '{:.4g}')} J)"
+                              for i in front[:MAX_FRONT_LISTED])
+            if len(front) > MAX_FRONT_LISTED:
+                steps += f", and {len(front) - MAX_FRONT_LISTED} more (column \"front\" of the tables)"
+            text = f"knee {KNEE} **{kr['label']}**: test accuracy {kr['test_acc']:.4f} for {fmt(kr[key], '{:.4g}')} J."
+            tied = kr.get(f"ties_{axis}") or []
+            if tied:
+                text += (f" Within the noise of it on both axes, so not ranked against it: {', '.join(tied[:6])}"
+                         f"{', ...' if len(tied) > 6 else ''}.")
+            out.append((name, f"{text} Front, cheapest first: {steps}."))
     return out
 
 
@@ -174,11 +210,47 @@ def method_note(cmp: Comparison) -> str:
         return text
     listed = "; ".join(f"`{m}` ({_count(counts[m], 'model')}: {_method_meaning(m)})" for m in methods)
     text = f"{head} The models here carry {len(methods)} methods: {listed}."
-    on_fronts = {r.get("energy_method") or "unknown" for r in cmp.rows
-                 if any(r.get(key) is not None and r[key] > 0 for key, _, _ in AXES)}
-    if len(on_fronts) > 1:
-        text += (f" Energies measured different ways are not comparable, and this report's fronts and knees mix "
-                 f"{len(on_fronts)} of them: compare models within one method.")
+    return text
+
+
+def conditions_note(cmp: Comparison) -> str | None:
+    """Which conditions (machine, energy method, alone or beside other work) the rows were
+    measured under, and whether they share fronts."""
+    conds = cmp.conditions
+    if len(conds) < 2:
+        if not conds:
+            return None
+        c = conds[0]
+        return (f"Every model here was measured under one condition: {c.label} (machine, energy method, and whether "
+                "other work ran beside it; tags `host_*`, `energy_method`, metrics `energy/others_cores`).")
+    listed = "; ".join(f"**C{n}** {c.label} ({_count(len(c.rows), 'model')})" for n, c in enumerate(conds, 1))
+    if cmp.filters.mix:
+        return (f"The models were measured under {len(conds)} conditions: {listed}. `--mix` puts them on one front: "
+                "column \"measured\" marks each model's condition, and each method's bounds count as noise, since "
+                "they do not cancel between methods or machines.")
+    return (f"The models were measured under {len(conds)} conditions, which are not comparable: {listed}. Each has "
+            "its own fronts and knee (column \"measured\"; the figures draw one front line per condition). `--mix` "
+            "puts them on one front.")
+
+
+def noise_note(cmp: Comparison) -> str:
+    """What the \u00b1 figures are, with what this selection holds."""
+    text = (f"**\u00b1** is {Z:g} standard errors (95 %). Test accuracy's from the test split's size (binomial). "
+            "Training energy's from the repeats of a model's configuration (`train.repeats`, or reruns of the same "
+            "configuration: n = the runs averaged), else from the coefficient of variation pooled over the repeated "
+            "configurations of its condition")
+    pooled = [(f"C{n}", c.noise_cv) for n, c in enumerate(cmp.conditions, 1) if c.noise_cv is not None]
+    if pooled:
+        text += " (here: " + "; ".join(f"{name + ' ' if len(cmp.conditions) > 1 else ''}{cv:.1%} from "
+                                        f"{_count(k, 'configuration')}" for name, (cv, k) in pooled) + ")"
+    missing = len(cmp.conditions) - len(pooled)
+    if missing:
+        text += (f"; {'no' if not pooled else 'in ' + _count(missing, 'condition') + ', no'} configuration was run "
+                 "more than once, so that noise is not measured and those energies are compared as exact "
+                 "(set `train.repeats: 3` to measure it)")
+    text += (". Inference energy's over the evaluation's rounds. **Method bounds** are where the absolute figure "
+             "lies by the bounds of the method that measured it (docs/energy.md): shared by runs measured the same "
+             "way on the same machine, so they widen absolute figures, not the differences between such runs.")
     return text
 
 
@@ -270,11 +342,15 @@ def notes(cmp: Comparison) -> list[str]:
     """The report's "How to read it": definitions, and every statement about the data computed from it."""
     out = [
         method_note(cmp),
+        *filter(None, [conditions_note(cmp)]),
+        noise_note(cmp),
         energy_note(cmp),
         "**Pareto front** (letters: T training, I inference, S search + training): no other model is at least as "
-        "accurate and at most as costly, with one of the two strictly better. Equal energies: only the most "
-        "accurate can be on the front; equal accuracies: only the cheapest; exact duplicates are all on it or "
-        f"all off it. Models whose energy was not measured take no part ({_axis_gaps(cmp)}).",
+        "accurate and at most as costly, with one of the two better beyond the noise (\u00b1). Equal energies: only "
+        "the most accurate can be on the front; equal accuracies: only the cheapest; exact duplicates are all on it "
+        "or all off it. A model that another beats only within the noise stays on the front, and front models "
+        "within the noise of each other on both axes are ties, named beside the knee. Models whose energy was not "
+        f"measured take no part ({_axis_gaps(cmp)}).",
         f"**Knee** {KNEE}: the front model nearest the ideal corner (best accuracy of the front at its least "
         "energy), accuracy scaled to [0, 1] and energy to [0, 1] on a log scale over the front; ties go to the "
         "cheaper model.",
@@ -293,13 +369,14 @@ def markdown(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section
     lines.append("")
     for fig in figures:
         lines += [f"![{fig.caption}]({fig.path.name})", ""]
-    head = "| " + " | ".join(t for _, t, _ in COLUMNS) + " |"
-    sep = "|" + "---|" * len(COLUMNS)
+    cols = columns(cmp)
+    head = "| " + " | ".join(t for _, t, _ in cols) + " |"
+    sep = "|" + "---|" * len(cols)
     lines += ["## Per family", "", "**Bold**: on at least one Pareto front.", ""]
     for family, rows in _by_family(cmp).items():
         lines += [f"### {family}", "", head, sep]
         for r in rows:
-            cells = _cells(r)
+            cells = _cells(r, cols)
             if _on_any_front(r):
                 cells[0] = f"**{cells[0]}**"
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -373,12 +450,13 @@ def html_page(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Sectio
                      f"<figcaption>{e(fig.caption)}</figcaption></figure>")
     parts.append("<h2>Per family</h2><p>Bold rows: on at least one Pareto front; "
                  "grey rows: on none (dominated, or not measured).</p>")
-    head = "".join(f"<th>{e(t)}</th>" for _, t, _ in COLUMNS)
+    cols = columns(cmp)
+    head = "".join(f"<th>{e(t)}</th>" for _, t, _ in cols)
     for family, rows in _by_family(cmp).items():
         parts.append(f"<h3>{e(family)}</h3><table><thead><tr>{head}</tr></thead><tbody>")
         for r in rows:
             cls = "front" if _on_any_front(r) else "dominated"
-            cells = "".join(f"<td>{e(c)}</td>" for c in _cells(r))
+            cells = "".join(f"<td>{e(c)}</td>" for c in _cells(r, cols))
             parts.append(f'<tr class="{cls}" title="run {e(r["run_id"])}">{cells}</tr>')
         parts.append("</tbody></table>")
     for sec in extra:

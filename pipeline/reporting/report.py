@@ -29,12 +29,14 @@ from pipeline.reporting.render import Figure, Section, html_page, markdown
 from pipeline.reporting.store import filter_string, read_runs
 
 CSV_FIELDS = [
-    "label", "model", "family", "variant", "stage", "group", "experiment", "test_acc", "test_f1_macro", "val_acc",
-    "train_energy_j", "train_energy_wh", "train_emissions_g", "train_duration_s", "search_energy_j",
-    "search_emissions_g", "obtain_energy_j", "energy_per_1k_j", "latency_ms_per_sample", "params", "size_bytes",
+    "label", "model", "family", "variant", "stage", "group", "experiment", "test_acc", "test_acc_se", "test_samples",
+    "test_f1_macro", "val_acc", "train_energy_j", "train_energy_n", "train_energy_ci95_j", "train_energy_low_j",
+    "train_energy_high_j", "train_energy_wh", "train_emissions_g", "train_duration_s", "search_energy_j",
+    "search_emissions_g", "obtain_energy_j", "energy_per_1k_j", "energy_per_1k_j_se", "latency_ms_per_sample",
+    "params", "size_bytes",
     "flops_per_sample_inference", "train_flops_total", "flops_per_joule", "energy_to_target_j",
     "front_train", "knee_train", "front_inference", "knee_inference", "front_search", "knee_search",
-    "energy_method", "git_commit", "dvc_exp_name", "run_id",
+    "energy_method", "condition_id", "condition_text", "git_commit", "dvc_exp_name", "run_id",
 ]
 
 

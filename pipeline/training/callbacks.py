@@ -1,4 +1,5 @@
-"""Per-epoch recording: metrics and the epoch's energy to MLflow, energy-to-target, history."""
+"""Per-epoch recording: metrics, the epoch's energy and the run's predicted totals to MLflow,
+energy-to-target, history."""
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -6,6 +7,7 @@ import torch
 
 from pipeline.compute import share_threads
 from pipeline.energy import Measurement, RankEnergy
+from pipeline.prediction import Epoch, Forecast, forecast
 from pipeline.tracking import Run
 from pipeline.training.module import SCORE
 
@@ -13,13 +15,20 @@ from pipeline.training.module import SCORE
 class EpochRecorder(pl.Callback):
     """At each epoch end: close the epoch's energy segment, log train/val metrics and the
     epoch's energy (J) and mean power (W) as step metrics, and note when val/acc first reaches
-    the target (energy and time from the start of training). In a distributed run every rank
+    the target (energy and time from the start of training). It also logs what the run predicts
+    from its epochs so far (``pipeline.prediction``): total energy and time, energy to the target,
+    epochs; the predictions are kept in ``forecasts``. In a distributed run every rank
     measures its own process and the epoch's energy is their sum. With ``threads: auto`` the
     torch threads are shared out again for the next epoch (other processes may have started or
     ended)."""
 
-    def __init__(self, measurement: Measurement, run: Run | None, target_val_acc: float, threads: int | str = "auto"):
+    def __init__(self, measurement: Measurement, run: Run | None, target_val_acc: float, threads: int | str = "auto",
+                 *, max_epochs: int = 1, patience: int = 0, val_samples: int = 1):
         self.measurement = measurement
+        self.plan = {"max_epochs": max_epochs, "patience": patience, "target": target_val_acc,
+                     "val_samples": val_samples}
+        self.epochs: list[Epoch] = []
+        self.forecasts: list[Forecast] = []
         self.threads = threads
         self.ranks = RankEnergy()
         self.run = run
@@ -58,6 +67,9 @@ class EpochRecorder(pl.Callback):
             row["energy/cumulative_j"] = so_far.energy_j
         if self.target_reached is None and val_acc is not None and val_acc >= self.target:
             self.target_reached = {"epoch": epoch, "time_s": so_far.duration_s, "energy_j": so_far.energy_j}
+        self.epochs.append(Epoch(segment.energy_j, segment.duration_s, val_acc))
+        self.forecasts.append(forecast(self.epochs, **self.plan))
+        row.update(self.forecasts[-1].metrics())
         self.history.append(row)
         if self.run is not None:
             self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch, background=True)

@@ -7,9 +7,12 @@ baseline training run.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import resource
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,18 +26,20 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from pipeline import interrupts, paths
 from pipeline.compute import cpu_slot, resolve_devices, share_threads
-from pipeline.config import Params, TrainCfg
+from pipeline.config import Params, ParamsError, TrainCfg
 from pipeline.data.prepare import Prepared, load_prepared
 from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
 from pipeline.models.saved import SPEC, save_model
+from pipeline.prediction import error_pct, errors, linear_rule
 from pipeline.ranks import is_global_zero
 from pipeline.tracking import NullRun, Run, base_tags, tracked_run
 from pipeline.training.callbacks import EpochRecorder
 from pipeline.training.data import PreparedDataModule
 from pipeline.training.module import SCORE, Classifier
+from pipeline.uncertainty import Spread
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +164,9 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         run.set_tags({"threads_policy": threads_why})
         with meter.measure() as measurement, torch_flags_restored():
             run.set_tags(meter.tags())
-            recorder = EpochRecorder(measurement, run, cfg.target_val_acc, threads=cfg.threads)
+            recorder = EpochRecorder(measurement, run, cfg.target_val_acc, threads=cfg.threads,
+                                     max_epochs=cfg.max_epochs, patience=cfg.early_stopping_patience,
+                                     val_samples=card["num_samples"]["val"])
             trainer = pl.Trainer(
                 max_epochs=cfg.max_epochs,
                 **devices.trainer_kwargs(),
@@ -222,6 +229,7 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         "mean_power_w": energy.mean_power_w,
         "energy_method": energy.method,
         "energy_processes": devices.world_size,
+        "others_cores": energy.others_cores,  # other work beside the run (pipeline.fingerprint)
         "threads": threads,
         "params": profile.params_total,
         "param_bytes": profile.param_bytes,
@@ -243,10 +251,28 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
         metrics["time_to_target_s"] = reached["time_s"]
         if reached["energy_j"] is not None:
             metrics["energy_to_target_j"] = reached["energy_j"]
+    metrics.update(prediction_summary(recorder, run, energy, metrics.get("energy_to_target_j"), cfg.max_epochs))
     result.metrics = {k: v for k, v in metrics.items() if v is not None}
     run.log_metrics({f"final/{k}": v for k, v in result.metrics.items() if k != "energy_method"})
     run.log_metrics({"val/acc_best": recorder.max_val_acc})
     return result
+
+
+PREDICTION_EPOCHS = (1, 2, 3)  # the run's summary keeps the errors of the predictions after these epochs
+
+
+def prediction_summary(recorder: EpochRecorder, run: Run, energy: EnergyReading, to_target_j: float | None,
+                       max_epochs: int) -> dict[str, float | None]:
+    """Log the error of what the run predicted after each epoch against what it measured (step
+    metrics ``*_error_pct``), and return the errors after the first epochs with the linear rule's
+    (first epoch x max_epochs) on the same run, for its summary."""
+    errs = errors(recorder.forecasts, energy.energy_j, energy.duration_s, to_target_j)
+    run.log_steps({f.after - 1: e for f, e in zip(recorder.forecasts, errs, strict=True)})
+    out: dict[str, float | None] = {
+        f"predicted_total_j_error_pct_after_{k}": errs[k - 1].get("energy/predicted_total_error_pct")
+        for k in PREDICTION_EPOCHS if k <= len(errs)}
+    out["linear_rule_total_j_error_pct"] = error_pct(linear_rule(recorder.epochs, max_epochs), energy.energy_j)
+    return out
 
 
 def export_run(result: FitResult, run: Run, family: str, variant: str, card: dict, extra: dict | None = None) -> None:
@@ -269,21 +295,64 @@ def export_run(result: FitResult, run: Run, family: str, variant: str, card: dic
 write_metrics = paths.write_json  # the stages' name for the one JSON writer (tune, sweep)
 
 
+def config_key(family: str, spec: ModelSpec, cfg: TrainCfg, card: dict) -> str:
+    """What makes two trainings repeats of one configuration: the family, the model's
+    hyperparameters, the training params (threads aside) and the data; not the seed."""
+    what = {"family": family, "model": spec.hparams, "train": cfg.model_dump(mode="json", exclude={"threads"}),
+            "data": card.get("sha256", "unknown"), "input_shape": list(spec.input_shape), "classes": spec.num_classes}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def repeats_summary(seeds: list[int], results: list[FitResult]) -> dict:
+    """Mean, sample sd, 95 % interval and CV of the repeats' validation accuracy, energy and time."""
+    out: dict[str, Any] = {"n": len(results), "seeds": seeds}
+    for name in ("val_acc", "energy_j", "duration_s", "epochs"):
+        spread = Spread.of([r.metrics.get(name) for r in results])
+        if spread is not None:
+            out[name] = spread.summary()
+    return out
+
+
 def train_family(params: Params, family: str, meter: EnergyMeter | None = None,
                  prepared: Prepared | None = None) -> dict:
-    """The train stage: fit the baseline of ``family``; write models/<family>/baseline/, its
-    metrics file and epoch history; return the metrics."""
+    """The train stage: fit the baseline of ``family`` (``base.repeats`` times, seeds ``base.seed``
+    onwards, the first one kept); write models/<family>/baseline/, its metrics file and epoch
+    history; return the metrics."""
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
     card = prepared.card
-    build_model(model_spec(params, family, prepared))  # a family that cannot build fails before any run opens
-    resolve_devices(params.train)  # nor can a device that is not there
+    spec = model_spec(params, family, prepared)
+    build_model(spec)  # a family that cannot build fails before any run opens
+    devices = resolve_devices(params.train)  # nor can a device that is not there
+    repeats = params.base.repeats
+    if repeats > 1 and devices.world_size > 1:
+        raise ParamsError(f"base.repeats: {repeats} repeats of a DDP training (train.devices: {params.train.devices}) "
+                          "are not supported: set base.repeats: 1, or repeat the stage with other seeds "
+                          "(dvc exp run -S base.seed=...)")
     if not is_global_zero():  # a DDP rank started by rank 0: computes and measures, logs nothing
         interrupts.defer()
         return fit(params, family, prepared, meter, NullRun(), paths.model_dir(family), distributed=True).metrics
-    tags = {**base_tags("train", family, card), "variant": paths.BASELINE, "energy_method": "pending"}
+    key = config_key(family, spec, params.train, card)
+    tags = {**base_tags("train", family, card), "variant": paths.BASELINE, "energy_method": "pending",
+            "config_key": key}
     with tracked_run(params.tracking, f"train-{family}", tags) as run:
         result = fit(params, family, prepared, meter, run, paths.model_dir(family), distributed=True)
         export_run(result, run, family, paths.BASELINE, card)
-        write_metrics(result.metrics, paths.train_metrics(family))
-    return result.metrics
+        metrics = dict(result.metrics)
+        if repeats > 1:
+            seeds = [params.base.seed + i for i in range(repeats)]
+            results = [result]
+            for i, seed in enumerate(seeds[1:], 1):
+                print(f"[{family}] repeat {i + 1}/{repeats} (seed {seed})", flush=True)
+                seeded = params.model_copy(update={"base": params.base.model_copy(update={"seed": seed})})
+                child_tags = {**tags, "repeat": str(i), "mlflow.parentRunId": run.run_id}
+                with tempfile.TemporaryDirectory(prefix=f"repeat-{family}-") as tmp, \
+                        tracked_run(params.tracking, f"train-{family}-seed{seed}", child_tags) as child:
+                    results.append(fit(seeded, family, prepared, meter, child, Path(tmp)))
+            metrics["repeats"] = repeats_summary(seeds, results)
+            run.log_metrics({f"repeats/{name}_{stat}": v for name, block in metrics["repeats"].items()
+                             if isinstance(block, dict) for stat, v in block.items()
+                             if stat in ("mean", "sd", "ci95", "cv") and v is not None})
+            run.log_metrics({"repeats/n": repeats})
+        write_metrics(metrics, paths.train_metrics(family))
+    return metrics
