@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--dataset", default=None, help="data.dataset (default: params.yaml's)")
     ap.add_argument("--epochs", type=int, default=None, help="train.max_epochs (default: params.yaml's)")
     ap.add_argument("--patience", type=int, default=None, help="train.early_stopping_patience (default: params.yaml's)")
+    ap.add_argument("--histories", type=Path, default=None, help="copy each run's epoch history (CSV) into this folder")
     args = ap.parse_args()
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     if args.dataset:
@@ -79,6 +81,10 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"train {family} failed ({out.returncode}):\n{out.stderr[-2000:]}")
             m = json.loads((case / "metrics" / "train" / f"{family}.json").read_text())
+            if args.histories:
+                args.histories.mkdir(parents=True, exist_ok=True)
+                shutil.copy(case / "plots" / "epochs" / f"{family}-baseline.csv",
+                            args.histories / f"{family}-w{width:g}-lr{lr:g}.csv")
             runs.append({"family": family, **m})
             after = ", ".join(f"{k}: {m[f'predicted_total_j_error_pct_after_{k}']:+.1f} %" for k in AFTER
                               if f"predicted_total_j_error_pct_after_{k}" in m)

@@ -7,14 +7,16 @@ accuracy. ``forecast`` turns that into three predictions:
 - **How many epochs the run will take.** Without early stopping: ``max_epochs``. With it, the
   validation accuracy so far is fitted with a saturating learning curve ``a - b * t**-c`` (a power
   law, the usual model of learning curves; ``c`` is fixed at 1 when only two epochs exist). The
-  curve's gain per epoch shrinks; once it falls below the noise of the validation accuracy (the
-  binomial standard error on the validation split), new bests stop coming but by chance, and early
-  stopping ends the run ``patience`` epochs later. Before two epochs exist there is no curve, and
-  the run is taken to use ``max_epochs``, the linear rule's assumption.
-- **The cost of an epoch to come**: the median of the epochs after the first. The first epoch
-  also pays the start-up (trainer set-up, first-touch allocation, caches, thread pools), which is
-  why extrapolating it (carbontracker's rule: first epoch x epochs) overestimates short runs of
-  small models. With one epoch only, it is all there is.
+  curve's gain shrinks; once what it gains over a patience window falls below the noise of the
+  validation accuracy (the binomial standard error on the validation split), new bests come by
+  chance only, and early stopping ends the run ``patience`` epochs later. The curve decides the
+  stopping epoch from ``STOP_CURVE_EPOCHS`` epochs on (three parameters and one epoch more);
+  before, the run is taken to use ``max_epochs``, the linear rule's assumption.
+- **The cost of an epoch to come**: the fastest epoch so far, at the run's mean power so far.
+  Epoch times only ever gain from extra work that not every epoch does (the first one's
+  start-up, a checkpoint written, the store's writer starting): the fastest epoch is the typical
+  one's floor. Power comes from the whole run so far, because an epoch's own joules depend on
+  where the meter's samples fell (one per ``measure_power_secs``) and epochs are often shorter.
 - **Energy to the target accuracy**: the energy so far plus the epochs the fitted curve needs to
   reach the target, if it reaches it before the predicted end; ``None`` when it does not.
 
@@ -28,6 +30,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The stopping epoch is predicted from the curve's shape once it is identifiable: its three
+# parameters and one epoch more. Before, the run is taken to use max_epochs.
+STOP_CURVE_EPOCHS = 4
 # Beyond this many epochs the search for the stopping epoch or the target gives up (a curve can
 # creep forever); max_epochs bounds every run anyway.
 _HORIZON = 100_000
@@ -112,8 +117,9 @@ class Curve:
 def stopping_epoch(curve: Curve | None, done: int, max_epochs: int, patience: int, noise: float,
                    last_best: int | None = None) -> int:
     """The epoch (1-based count) a run will end at: ``max_epochs`` without early stopping or a
-    curve; otherwise ``patience`` epochs after the last one that gains beyond ``noise``: an epoch
-    to come whose predicted gain is, or else the last best so far (``last_best``, default now)."""
+    curve; otherwise ``patience`` epochs after the first epoch t (from now on) from which the
+    curve gains less than ``noise`` over the next ``patience`` epochs, or, when that holds
+    already, after the last best so far (``last_best``, default now)."""
     if patience <= 0 or curve is None:
         return max_epochs
     t = done
@@ -132,15 +138,16 @@ def forecast(epochs: Sequence[Epoch], *, max_epochs: int, patience: int, target:
     now = max(accs) if accs else 0.0
     noise = math.sqrt(max(now * (1 - now), 1e-12) / max(val_samples, 1))
     last_best = accs.index(now) + 1 if accs else None
-    end = stopping_epoch(curve, done, max_epochs, patience, noise, last_best)
+    end = stopping_epoch(curve if done >= STOP_CURVE_EPOCHS else None, done, max_epochs, patience, noise, last_best)
 
-    later = epochs[1:] if done > 1 else epochs
-    per_s = statistics.median(e.duration_s for e in later)
+    per_s = min(e.duration_s for e in epochs)
     joules = [e.energy_j for e in epochs]
     measured = None not in joules
-    per_j = statistics.median(e.energy_j for e in later) if measured else None
     so_far_j = sum(joules) if measured else None
     so_far_s = sum(e.duration_s for e in epochs)
+    # An epoch's energy is the run's mean power so far times an epoch's time: an epoch's own
+    # joules depend on where the meter's samples fell (one per measure_power_secs), time does not.
+    per_j = so_far_j / so_far_s * per_s if measured and so_far_s > 0 else None
     remaining = end - done
     total_j = None if per_j is None else so_far_j + remaining * per_j
 

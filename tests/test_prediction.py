@@ -21,11 +21,14 @@ def test_the_curve_goes_through_two_epochs_and_fits_a_power_law_to_more():
     assert Curve.fit([0.5]) is None and Curve.fit([0.6, 0.6]).b == 0.0
 
 
-def test_without_early_stopping_the_run_takes_max_epochs_at_the_later_epochs_cost():
+def test_without_early_stopping_the_run_takes_max_epochs_at_the_fastest_epochs_cost():
     f = forecast(_epochs([0.5, 0.6]), max_epochs=10, patience=0, target=0.99, val_samples=100)
     assert f.epochs == 10
-    # 30 J + 10 J so far, then 8 epochs at 10 J (the median after the first: start-up excluded).
+    # 40 J in 4 s so far (10 W), then 8 epochs of the fastest epoch's 1 s at 10 W.
     assert f.total_j == pytest.approx(40 + 8 * 10) and f.total_s == pytest.approx(4 + 8 * 1)
+    # An epoch's joules depend on where the meter's samples fell: the rate comes from the whole run.
+    uneven = [Epoch(20.0, 2.0, 0.5), Epoch(5.0, 1.0, 0.6), Epoch(15.0, 1.0, 0.6)]
+    assert forecast(uneven, max_epochs=5, patience=0, target=0.99, val_samples=100).total_j == pytest.approx(60.0)
     # After one epoch there is nothing but the first to extrapolate: the linear rule's figure.
     one = forecast(_epochs([0.5]), max_epochs=10, patience=0, target=0.99, val_samples=100)
     assert one.total_j == pytest.approx(300.0) == linear_rule(_epochs([0.5]), 10)
@@ -34,7 +37,8 @@ def test_without_early_stopping_the_run_takes_max_epochs_at_the_later_epochs_cos
 def test_early_stopping_is_predicted_where_the_gain_drops_below_the_noise_plus_patience():
     curve = Curve(0.9, 0.4, 1.0)  # gain of epoch t: 0.4 / (t (t - 1))
     noise = 0.01  # gains drop below it after epoch 6 (0.4/30 = 0.013; epoch 7: 0.0095)
-    assert stopping_epoch(curve, 3, 100, 5, noise) == 6 + 5
+    # From epoch 12 on, the curve gains less than the noise over 5 epochs: 2 / (12 * 17) < 0.01.
+    assert stopping_epoch(curve, 3, 100, 5, noise) == 12 + 5
     assert stopping_epoch(curve, 3, 8, 5, noise) == 8  # max_epochs bounds it
     assert stopping_epoch(curve, 3, 100, 0, noise) == 100  # no early stopping
     assert stopping_epoch(None, 1, 100, 5, noise) == 100  # no curve yet
@@ -43,10 +47,13 @@ def test_early_stopping_is_predicted_where_the_gain_drops_below_the_noise_plus_p
     assert stopping_epoch(Curve(0.9, 0.0, 1.0), 4, 100, 3, noise) == 7
     assert stopping_epoch(Curve(0.9, 0.0, 1.0), 9, 100, 3, noise, last_best=2) == 9
 
-    accs = [curve(t) for t in range(1, 4)]
+    accs = [curve(t) for t in range(1, 5)]
     val_samples = round(accs[-1] * (1 - accs[-1]) / noise ** 2)  # the binomial error of the best so far: 0.01
     f = forecast(_epochs(accs), max_epochs=100, patience=5, target=0.99, val_samples=val_samples)
-    assert f.epochs == 11 and f.total_j == pytest.approx(30 + 2 * 10 + 8 * 10)
+    # 60 J in 6 s so far; 13 epochs to go of 1 s at 10 W.
+    assert f.epochs == 17 and f.total_j == pytest.approx(60 + 13 * 10)
+    # Three epochs do not pin a curve's shape down: the run is taken to use max_epochs.
+    assert forecast(_epochs(accs[:3]), max_epochs=100, patience=5, target=0.99, val_samples=val_samples).epochs == 100
 
 
 def test_energy_to_target_is_measured_once_reached_and_extrapolated_before():

@@ -19,6 +19,7 @@ from pipeline.data.prepare import Prepared
 from pipeline.energy import EnergyMeter
 from pipeline.tracking import base_tags, tracked_run
 from pipeline.training.train import FitResult, fit
+from pipeline.tuning.guard import STOPPED_FOR_ATTR, StoppedForBudget, TrialGuard
 from pipeline.tuning.space import sample
 from pipeline.tuning.study import ENERGY_ATTR, INTERRUPTED_ATTR, SURPLUS_ATTR, SurplusTrial, claim
 
@@ -33,6 +34,7 @@ class Objective:
         self.echo = echo
         self.callbacks = list(callbacks)  # extra Lightning callbacks for every trial
         self.n_trials = n_trials  # the study's total, shared with other workers (None: no limit)
+        self.val_samples = int(prepared.card["num_samples"]["val"])
 
     def _pruning_callback(self, trial):
         # optuna-integration's callback imports lightning.pytorch: the same package as our Trainer.
@@ -71,7 +73,11 @@ class Objective:
         result = FitResult()
         state = "FAILED"
         t0 = time.perf_counter()
-        callbacks = [*self.callbacks, *([] if self.multi else [self._pruning_callback(trial)])]
+        search = self.params.tune.search
+        guard = TrialGuard(trial, search.energy_budget_kwh, pareto=self.multi and search.pruner != "none",
+                           warmup_epochs=search.warmup_epochs, startup_trials=search.startup_trials,
+                           val_samples=self.val_samples)
+        callbacks = [*self.callbacks, guard, *([] if self.multi else [self._pruning_callback(trial)])]
         with tracked_run(self.params.tracking, f"trial-{self.family}-{trial.number}", tags,
                          finished_on=(optuna.TrialPruned,)) as run:
             # Now, not at the end: if this process dies, whoever fails the trial ends its run.
@@ -81,8 +87,11 @@ class Objective:
                     fit(self.params, self.family, self.prepared, self.meter, run, Path(tmp),
                         train_cfg=train_cfg, hparams=hparams, extra_callbacks=callbacks, result=result)
                 state = "COMPLETE"
-            except optuna.TrialPruned:
-                state = "PRUNED"
+            except optuna.TrialPruned as why:
+                state = "STOPPED_FOR_BUDGET" if isinstance(why, StoppedForBudget) else "PRUNED"
+                if str(why):
+                    self.echo(f"[{self.family}] trial {trial.number}: {why}")
+                trial.set_user_attr(STOPPED_FOR_ATTR, trial.user_attrs.get(STOPPED_FOR_ATTR) or search.pruner)
                 raise
             except KeyboardInterrupt:
                 state = "INTERRUPTED"
@@ -90,6 +99,7 @@ class Objective:
             finally:
                 energy = result.energy
                 trial.set_user_attr("duration_s", time.perf_counter() - t0)
+                trial.set_user_attr("val_samples", self.val_samples)
                 if energy is not None and energy.energy_kwh is not None:
                     trial.set_user_attr(ENERGY_ATTR, energy.energy_kwh)
                     trial.set_user_attr("emissions_kg", energy.emissions_kg)

@@ -10,6 +10,7 @@ import optuna
 
 from pipeline import interrupts, paths
 from pipeline.config import Params
+from pipeline.energy import J_PER_KWH
 from pipeline.pareto import knee, pareto_front
 
 ENERGY_ATTR = "energy_kwh"
@@ -214,15 +215,41 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
     return numbers
 
 
+def completed_points(study: optuna.Study) -> list[tuple[float, float, int]]:
+    """(val/acc, energy kWh, validation samples) of the study's completed trials."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        energy = t.user_attrs.get(ENERGY_ATTR)
+        if t.values and energy:
+            out.append((t.values[0], energy, t.user_attrs.get("val_samples") or 0))
+    return out
+
+
 class EnergyBudget:
-    """Stops the study once its trials together used ``budget_kwh``."""
+    """The study's energy budget, ``budget_kwh`` for its trials together. ``reached``: before a
+    trial, whether none can finish within what is left: the budget is spent, or what is left is
+    less than the cheapest completed trial used; ``why`` says which. As an Optuna callback it
+    stops the study after a trial once that holds. (During a trial, ``guard.TrialGuard`` stops it
+    when its predicted energy overruns what is left.)"""
 
     def __init__(self, budget_kwh: float | None):
         self.budget_kwh = budget_kwh
         self.exhausted = False
+        self.why: str | None = None
 
     def reached(self, study: optuna.Study) -> bool:
-        return self.budget_kwh is not None and spent_kwh(study) >= self.budget_kwh
+        if self.budget_kwh is None:
+            return False
+        left = self.budget_kwh - spent_kwh(study)
+        cheapest = min((kwh for _, kwh, _ in completed_points(study)), default=None)
+        if left <= 0:
+            self.why = f"the energy budget ({self.budget_kwh * J_PER_KWH:.0f} J) is spent"
+        elif cheapest is not None and cheapest > left:
+            self.why = (f"{left * J_PER_KWH:.0f} J left of the energy budget, less than the cheapest completed "
+                        f"trial used ({cheapest * J_PER_KWH:.0f} J): no further trial can finish within it")
+        else:
+            return False
+        return True
 
     def __call__(self, study: optuna.Study, trial) -> None:
         if self.reached(study):

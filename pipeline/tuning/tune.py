@@ -25,6 +25,7 @@ from pipeline.models.factory import build_model
 from pipeline.tracking import base_tags, client_for, create_run, redact, tracked_run
 from pipeline.training.train import export_run, fit, model_spec, write_metrics
 from pipeline.tuning import study as st
+from pipeline.tuning.guard import STOPPED_FOR_ATTR
 from pipeline.tuning.objective import Objective
 from pipeline.tuning.space import baseline_point, split_params
 
@@ -82,7 +83,10 @@ def run_worker(params: Params, family: str, url: str, worker: int, n_workers: in
             # One trial at a time, so the count is checked against the shared study before each.
             study.optimize(objective, n_trials=1, timeout=left, callbacks=callbacks,
                            catch=(Exception,), gc_after_trial=False)
-        if not wait_for_others or budget.reached(study) or (time_left() is not None and time_left() <= 0):
+        if budget.reached(study):
+            print(f"[{family}] {budget.why}", flush=True)
+            return
+        if not wait_for_others or (time_left() is not None and time_left() <= 0):
             return
         # Trials still running elsewhere finish, or go stale (their worker died): the heartbeat
         # fails those and queues them again, and the loop above runs them here.
@@ -158,6 +162,19 @@ def _parent_run_id(params: Params, study) -> str | None:
         return None
 
 
+def _pruning(search, multi: bool) -> str:
+    """What prunes this study's trials, for its run's tags."""
+    budget = ("; any trial predicted to overrun the energy budget is stopped (pipeline.tuning.guard)"
+              if search.energy_budget_kwh is not None else "")
+    if search.pruner == "none":
+        return "none" + budget
+    if multi:
+        return ("pareto: a trial whose predicted final (val/acc, energy) is dominated beyond the noise by a "
+                f"completed trial (pipeline.tuning.guard; Optuna's {search.pruner} pruner cannot prune two "
+                "objectives)" + budget)
+    return f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc" + budget
+
+
 def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
                 prepared: Prepared | None = None) -> dict:
     import optuna
@@ -174,8 +191,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
     multi = search.objective != "accuracy"
     tags = {**base_tags("tune", family, card), "role": "study", "study": study.study_name,
             "storage": redact(url), "objective": search.objective,
-            "pruning": "none (multi-objective studies cannot prune; early stopping still applies)" if multi
-            else f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc"}
+            "pruning": _pruning(search, multi)}
     t0 = time.perf_counter()
     with _parent_lock(url):  # two commands starting one study at once share one parent run
         parent_id = _parent_run_id(params, study)
@@ -275,6 +291,8 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
             "objective": search.objective,
             "trials": len(trials), "trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
             "trials_failed": counts["fail"],
+            **{f"trials_stopped_for_{why}": sum(t.user_attrs.get(STOPPED_FOR_ATTR) == why for t in trials)
+               for why in ("budget", "pareto")},
             "trials_interrupted": sum(bool(t.user_attrs.get(st.INTERRUPTED_ATTR)) for t in trials),
             "trials_counted": st.trials_done(study), "trials_surplus": len(every) - len(trials),
             "search_energy_j": spent_kwh * J_PER_KWH, "search_energy_kwh": spent_kwh,

@@ -1,0 +1,93 @@
+"""Saving a search's energy with the trials' own predictions (``pipeline.prediction``).
+
+After each epoch of a trial, ``TrialGuard`` reads what the trial predicts for itself and:
+
+- **stops it for the budget** when its predicted total energy exceeds what is left of
+  ``tune.search.energy_budget_kwh`` (the budget less every finished trial's energy): the trial
+  ends PRUNED with ``stopped_for: budget``, its energy counted like any other trial's;
+- **prunes it on the Pareto front** (``pruner: pareto``, accuracy+energy studies, whose two
+  objectives Optuna's pruners do not support): when the point it is predicted to end at (the
+  learning curve's accuracy at the predicted last epoch, the predicted total energy) is dominated,
+  beyond the noise, by a completed trial. The rule is ``pipeline.pareto.noisy_front``'s: the
+  predicted point is taken off the front only by a trial at least as good on both objectives and
+  better beyond the noise on one. The noise of a completed trial's accuracy is the binomial error
+  on the validation split; the predicted point adds the error of its prediction: the remaining
+  energy (predicted total less the energy spent) counts as uncertain by ``REMAINING_REL_SE`` (one
+  standard error), and the accuracy still to be gained likewise.
+
+Before a trial, ``study.EnergyBudget`` does not start one that cannot finish within what is left.
+"""
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import optuna
+
+from pipeline.energy import J_PER_KWH
+from pipeline.pareto import noisy_front
+from pipeline.prediction import Curve
+from pipeline.training.callbacks import EpochRecorder
+from pipeline.tuning.study import completed_points, spent_kwh
+from pipeline.uncertainty import binomial_se
+
+# One standard error of what is still to come in a prediction, relative to it: the remaining energy
+# and the accuracy still to be gained. Half of it: predictions after the first epochs miss the
+# total by under 10 % in the median run but by tens of percent in the worst (benchmarks/prediction.py).
+REMAINING_REL_SE = 0.5
+STOPPED_FOR_ATTR = "stopped_for"
+
+
+class StoppedForBudget(optuna.TrialPruned):
+    """A trial ended because its predicted energy would overrun the study's budget."""
+
+
+class ParetoPruned(optuna.TrialPruned):
+    """A trial ended because its predicted final point is dominated beyond the noise."""
+
+
+def dominated(predicted: tuple[float, float], noise: tuple[float, float],
+              done: list[tuple[float, float, int]]) -> bool:
+    """Whether the predicted (accuracy, kWh) point with its (accuracy, kWh) standard errors is
+    off the noise-aware front of itself and the completed trials ``done``."""
+    points = [predicted, *[(acc, kwh) for acc, kwh, _ in done]]
+    errors = [noise, *[(binomial_se(acc, n), 0.0) for acc, _, n in done]]
+    return 0 not in noisy_front(points, errors)
+
+
+class TrialGuard(pl.Callback):
+    """Stops a trial for the budget, or prunes it on the Pareto front (see the module)."""
+
+    def __init__(self, trial: optuna.Trial, budget_kwh: float | None, pareto: bool, warmup_epochs: int,
+                 startup_trials: int, val_samples: int):
+        self.trial, self.budget_kwh, self.pareto = trial, budget_kwh, pareto
+        self.warmup_epochs, self.startup_trials, self.val_samples = warmup_epochs, startup_trials, val_samples
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        recorder = next(c for c in trainer.callbacks if isinstance(c, EpochRecorder))
+        f = recorder.forecasts[-1]
+        if f.total_j is None or f.after >= f.epochs:  # nothing measured, or nothing left to save
+            return
+        study = self.trial.study
+        # The first trial to complete always may: a study with none has nothing to choose from.
+        if self.budget_kwh is not None and completed_points(study):
+            left_kwh = self.budget_kwh - spent_kwh(study)
+            if f.total_j / J_PER_KWH > left_kwh:
+                self.trial.set_user_attr(STOPPED_FOR_ATTR, "budget")
+                raise StoppedForBudget(
+                    f"predicted {f.total_j:.0f} J after {f.after} epoch(s), {max(left_kwh, 0) * J_PER_KWH:.0f} J "
+                    "left of the energy budget")
+        if not self.pareto or f.after < max(self.warmup_epochs, 1):
+            return
+        done = completed_points(study)
+        if len(done) < max(self.startup_trials, 1):
+            return
+        spent_j = sum(e.energy_j or 0.0 for e in recorder.epochs)
+        accs = [e.val_acc for e in recorder.epochs if e.val_acc is not None]
+        now = max(accs, default=0.0)
+        curve = Curve.fit(accs) if len(accs) == len(recorder.epochs) else None
+        final = min(max(now, curve(f.epochs)), 1.0) if curve is not None else now
+        se_acc = (binomial_se(final, self.val_samples) or 0.0) + REMAINING_REL_SE * (final - now)
+        se_kwh = REMAINING_REL_SE * (f.total_j - spent_j) / J_PER_KWH
+        if dominated((final, f.total_j / J_PER_KWH), (se_acc, se_kwh), done):
+            self.trial.set_user_attr(STOPPED_FOR_ATTR, "pareto")
+            raise ParetoPruned(f"predicted to end at val/acc {final:.3f}, {f.total_j:.0f} J after {f.after} "
+                               "epoch(s): dominated beyond the noise by a completed trial")

@@ -1,0 +1,116 @@
+"""Saving a search's energy with the trials' predictions: stopping a trial for the budget, not
+starting one that cannot finish, and pruning on the Pareto front (two objectives), each on a
+hand-made study; then a real study whose budget stops a trial."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from pipeline.prediction import Epoch, forecast
+from pipeline.training.callbacks import EpochRecorder
+from pipeline.tuning import study as st
+from pipeline.tuning.guard import ParetoPruned, StoppedForBudget, TrialGuard, dominated
+from pipeline.tuning.tune import tune_family
+
+from .test_tune import prepared, tune_params  # noqa: F401  (the fixture, used by name)
+
+J = 1 / 3.6e6  # kWh per joule
+
+
+def _study(done):
+    """An in-memory two-objective study with completed trials (val/acc, joules)."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for acc, joules in done:
+        t = study.ask()
+        t.set_user_attr(st.ENERGY_ATTR, joules * J)
+        t.set_user_attr("val_samples", 1000)
+        study.tell(t, [acc, joules * J])
+    return study
+
+
+def _trainer(accs, first_j=30.0, j=10.0, max_epochs=10, patience=0, target=0.99):
+    """A trainer whose epoch recorder has run ``accs`` epochs (no real training)."""
+    recorder = EpochRecorder.__new__(EpochRecorder)
+    recorder.epochs = [Epoch(first_j if i == 0 else j, 1.0, a) for i, a in enumerate(accs)]
+    plan = {"max_epochs": max_epochs, "patience": patience, "target": target, "val_samples": 1000}
+    recorder.forecasts = [forecast(recorder.epochs[:k], **plan) for k in range(1, len(accs) + 1)]
+    return SimpleNamespace(callbacks=[recorder])
+
+
+def _guard(study, budget_j=None, pareto=True, **kw):
+    trial = study.ask()
+    return trial, TrialGuard(trial, None if budget_j is None else budget_j * J, pareto=pareto,
+                             **{"warmup_epochs": 1, "startup_trials": 1, "val_samples": 1000, **kw})
+
+
+def test_a_predicted_point_is_dominated_only_beyond_the_noise():
+    done = [(0.90, 100 * J, 1000)]
+    assert dominated((0.70, 500 * J), (0.01, 10 * J), done)  # worse on both, far beyond the noise
+    assert not dominated((0.95, 500 * J), (0.01, 10 * J), done)  # more accurate: on the front
+    assert not dominated((0.89, 105 * J), (0.01, 10 * J), done)  # within the noise on both
+    assert not dominated((0.70, 500 * J), (0.01, 10 * J), [])  # nothing done yet
+
+
+def test_a_trial_predicted_to_overrun_the_budget_is_stopped_and_says_so():
+    study = _study([(0.8, 300.0)])
+    trial, guard = _guard(study, budget_j=400.0, pareto=False)
+    # 40 J in 2 s so far (20 W), 8 more epochs of 1 s: 200 J predicted, 100 J left.
+    with pytest.raises(StoppedForBudget, match="predicted 200 J after 2 epoch"):
+        guard.on_train_epoch_end(_trainer([0.5, 0.6]), None)
+    assert trial.user_attrs["stopped_for"] == "budget"
+    trial, guard = _guard(study, budget_j=600.0, pareto=False)
+    guard.on_train_epoch_end(_trainer([0.5, 0.6]), None)  # 300 J left: it goes on
+    assert "stopped_for" not in trial.user_attrs
+
+
+def test_the_pareto_pruner_prunes_a_trial_whose_predicted_end_is_beaten_by_a_completed_one():
+    study = _study([(0.95, 50.0)])
+    trial, guard = _guard(study)
+    with pytest.raises(ParetoPruned, match="dominated beyond the noise"):
+        guard.on_train_epoch_end(_trainer([0.40, 0.45, 0.47]), None)  # heading for ~0.5 at ~120 J
+    assert trial.user_attrs["stopped_for"] == "pareto"
+    # Heading above the completed trial's accuracy: kept, whatever it costs.
+    _, guard = _guard(study)
+    guard.on_train_epoch_end(_trainer([0.80, 0.93, 0.96]), None)
+    # Within warm-up, or before startup_trials completed trials, nothing is pruned.
+    _, guard = _guard(study, warmup_epochs=5)
+    guard.on_train_epoch_end(_trainer([0.40, 0.45, 0.47]), None)
+    _, guard = _guard(study, startup_trials=2)
+    guard.on_train_epoch_end(_trainer([0.40, 0.45, 0.47]), None)
+    _, guard = _guard(study, pareto=False)
+    guard.on_train_epoch_end(_trainer([0.40, 0.45, 0.47]), None)
+
+
+def test_no_trial_starts_that_the_cheapest_completed_one_says_cannot_finish():
+    budget = st.EnergyBudget(420 * J)
+    assert not budget.reached(_study([]))
+    assert not budget.reached(_study([(0.8, 100.0), (0.9, 200.0)]))  # 120 J left: the cheapest fits
+    assert budget.reached(_study([(0.8, 150.0), (0.9, 200.0)]))  # 70 J left, the cheapest used 150 J
+    assert "less than the cheapest completed trial used (150 J)" in budget.why
+    assert budget.reached(_study([(0.8, 450.0)])) and "is spent" in budget.why
+    assert not st.EnergyBudget(None).reached(_study([(0.8, 1e9)]))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_study_stops_the_trial_that_would_overrun_its_budget(prepared, meter):  # noqa: F811
+    """The params.yaml trial measured without a budget; then, with a budget of 2.5x its energy, a
+    trial at an 8x smaller batch (~8x the steps) is predicted after its first epoch to overrun
+    what is left and is stopped for the budget, its energy counted; no trial starts after it."""
+    over = {"tune.search.max_epochs": 4, "tune.search.pruner": "none",
+            "tune.space": {"train": {"batch_size": [64, 8]}, "mlp": {"width": [32]}}}
+    first = tune_family(tune_params(**over, **{"tune.search.n_trials": 1, "tune.search.energy_budget_kwh": None}),
+                        "mlp", meter, prepared)
+    params = tune_params(**over, **{"tune.search.n_trials": 4,
+                                    "tune.search.energy_budget_kwh": 2.5 * first["search_energy_kwh"]})
+    study = optuna.load_study(study_name=st.study_name(params, "mlp", prepared.card["sha256"]),
+                              storage=st.storage_url(params))
+    study.enqueue_trial({"train.batch_size": 8, "model.width": 32})
+    m = tune_family(params, "mlp", meter, prepared)
+    assert m["trials_stopped_for_budget"] == 1 and m["trials"] == 2
+    stopped = next(t for t in study.get_trials() if t.user_attrs.get("stopped_for") == "budget")
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.params["train.batch_size"] == 8
+    assert stopped.user_attrs["energy_kwh"] > 0
+    assert m["search_energy_kwh"] == pytest.approx(sum(t.user_attrs["energy_kwh"] for t in study.get_trials()))
