@@ -192,6 +192,11 @@ def _compare(args) -> int:
     knee = cmp.knees["train"]
     best = f"; knee (training energy): {cmp.rows[knee]['label']}, test/acc {cmp.rows[knee]['test_acc']:.4f} " \
            f"for {cmp.rows[knee]['train_energy_j']:.1f} J" if knee is not None else ""
+    if args.command == "report" and knee is not None and cmp.rows[knee]["model_id"]:
+        from pipeline.tracking import register_knee
+
+        version = register_knee(params.tracking, cmp.rows[knee]["model_id"], best.removeprefix("; "))
+        best += f" (registered: {params.tracking.experiment_name}-knee version {version})" if version else ""
     print(f"compared {len(cmp.rows)} models ({cmp.runs_read} runs, {len(cmp.groups)} groups){best}")
     print(f"written: {written['html']}, {written['markdown']}, "
           f"{', '.join(str(p) for k, p in written.items() if k not in ('html', 'markdown'))}")

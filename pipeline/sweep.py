@@ -71,10 +71,12 @@ def sweep_point(params: Params, family: str, width: str, depth: str, meter: Ener
         result = fit(params, family, prepared, meter, run, paths.model_dir(family, variant), hparams=hparams)
         export_run(result, run, family, variant, card,
                    extra={"sweep_width": w, "sweep_depth": d, "hparams": hparams})
-        model, spec, _ = load_trained(family, variant, params.evaluate.device)
+        model, spec, trained = load_trained(family, variant, params.evaluate.device)
         x = torch.from_numpy(prepared.arrays["x_test"]).float()
         test = measure_inference(model, x, prepared.arrays["y_test"], spec.num_classes, params.evaluate, meter).metrics()
-        run.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in test.items() if not isinstance(v, str)})
+        tested = {f"test/{k.removeprefix('test_')}": v for k, v in test.items() if not isinstance(v, str)}
+        run.log_metrics(tested)
+        run.log_model_figures(trained.get("model_id"), tested)
         metrics = {"sweep_width": w, "sweep_depth": d, **size_of(family, hparams),
                    **{k: v for k, v in test.items() if k in ("test_acc", "test_f1_macro", "energy_per_1k_j",
                                                             "emissions_per_1k_kg", "latency_ms_per_sample")},

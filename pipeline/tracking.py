@@ -7,9 +7,17 @@ Default store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under ``<rep
 
 A run that raises is ended FAILED (KILLED for Ctrl-C / SIGTERM) with the error kept as a tag, so
 no run is left RUNNING.
+
+What the MLflow UI shows a new user by default is filled in: a run's name says what ran, on which
+model, in which DVC experiment (or commit) and when (``run_label``); its data is a dataset input
+(name and digest from the data card: the runs table's Dataset column); every model a stage writes
+is a logged model of its run (``Run.log_model``: the Models column and the experiment's Models
+view), with its headline figures (``MODEL_FIGURES``) linked to it and to the dataset, by the run
+that wrote it and by the evaluation that tested it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -33,6 +41,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here: sk
 for _key, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
                      ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
     os.environ.setdefault(_key, _value)
+
+# The figures linked to a logged model (the Models view's columns): accuracy and energy of training
+# (train, refit, sweep) and of the test split (evaluate, sweep, compress), under the runs' own keys.
+MODEL_FIGURES = ("final/val_acc", "final/energy_j", "test/acc", "test/energy_per_1k_j")
+DIGEST_CHARS = 12  # of the data card's sha256: a dataset's digest in MLflow (its column holds 36)
 
 # Reaching a tracking server before the first run: tries and the wait for each.
 PROBE_TRIES, PROBE_TIMEOUT_S = 3, 3.0
@@ -120,6 +133,22 @@ def base_tags(stage: str, family: str, card: dict | None) -> dict[str, str]:
     return tags
 
 
+def run_label(name: str, tags: dict[str, Any]) -> str:
+    """A run's name in the MLflow UI: ``name`` (stage, family, variant), then the DVC experiment
+    or the commit it ran at, and when it started, so that reruns are told apart at a glance."""
+    commit = str(tags.get("git_commit", "unknown"))
+    where = tags.get("dvc_exp_name") or (f"git {commit[:7]}" if commit != "unknown" else "")
+    return " ".join(filter(None, [name, f"@{where}" if where else "", time.strftime("%m-%d %H:%M")]))
+
+
+def dataset_of(tags: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, digest) of the data a run's tags name (``base_tags``), or None when they name none."""
+    digest = str(tags.get("data_hash", "unknown"))
+    if digest == "unknown":
+        return None
+    return str(tags.get("dataset", "unknown")), digest[:DIGEST_CHARS]
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -134,9 +163,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Run:
     """A started MLflow run; thin, so the rest of the code never imports mlflow."""
 
-    def __init__(self, client, run_id: str):
+    def __init__(self, client, run_id: str, dataset: tuple[str, str] | None = None):
         self._client = client
         self.run_id = run_id
+        self.dataset = dataset  # (name, digest) of the data the run used: its figures' dataset
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self._worker_error: BaseException | None = None
@@ -241,6 +271,74 @@ class Run:
     def log_dict(self, data: dict, name: str) -> None:
         self._client.log_dict(self.run_id, data, name)
 
+    def log_dataset(self, context: str) -> None:
+        """Name the run's data (``self.dataset``) as its dataset input, used for ``context``
+        (training or evaluation)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if self.dataset is None:
+            return
+        name, digest = self.dataset
+        source = json.dumps({"uri": str(paths.PREPARED_DIR), "card_sha256_prefix": digest})
+        self._client.log_inputs(self.run_id, datasets=[DatasetInput(
+            Dataset(name=name, digest=digest, source_type="local", source=source),
+            tags=[InputTag("mlflow.data.context", context)])])
+
+    def log_model(self, files: list[Path], name: str, model_type: str, tags: dict[str, Any],
+                  params: dict[str, Any]) -> str | None:
+        """Log ``files`` (weights, spec) as an MLflow logged model of this run, named ``name``;
+        returns its id (also the run's ``model_id`` tag), or None with a warning where the store
+        has no logged models (an older tracking server): the run and its files stay as they are."""
+        import shutil
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+
+        try:
+            exp_id = self._client.get_run(self.run_id).info.experiment_id
+            model = self._client.create_logged_model(
+                exp_id, name=name, source_run_id=self.run_id, model_type=model_type,
+                tags={k: str(v) for k, v in tags.items()},
+                params={k: str(v)[:6000] for k, v in flatten(params).items()})
+            with tempfile.TemporaryDirectory(prefix="logged-model-") as tmp:
+                for f in files:
+                    shutil.copy2(f, Path(tmp) / Path(f).name)
+                self._client.log_model_artifacts(model.model_id, tmp)
+            self._client.finalize_logged_model(model.model_id, "READY")
+        except MlflowException as err:
+            log.warning("the MLflow store keeps no logged models (%s): model %s is in run %s's artifacts only",
+                        str(err)[:200], name, self.run_id)
+            return None
+        from mlflow.entities import LoggedModelOutput
+
+        self._client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, 0)])
+        self.set_tags({"model_id": model.model_id})
+        return model.model_id
+
+    def log_model_figures(self, model_id: str | None, metrics: dict[str, Any]) -> None:
+        """Link the ``MODEL_FIGURES`` among ``metrics`` (this run's own keys and values) to the
+        logged model ``model_id`` and to the run's dataset: the Models view's columns. A model
+        this run did not write (an evaluation's) becomes the run's model input too."""
+        from mlflow.entities import LoggedModelInput, Metric
+        from mlflow.exceptions import MlflowException
+
+        if not model_id:
+            return
+        try:
+            source_run = self._client.get_logged_model(model_id).source_run_id
+        except MlflowException:  # restored from DVC's cache after the store was deleted, or another store
+            log.warning("logged model %s is not in this MLflow store: its figures are on run %s only",
+                        model_id, self.run_id)
+            return
+        name, digest = self.dataset or (None, None)
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(metrics[k]), ts, 0, model_id=model_id, dataset_name=name, dataset_digest=digest)
+                 for k in MODEL_FIGURES if isinstance(metrics.get(k), (int, float))]
+        if items:
+            self._client.log_batch(self.run_id, metrics=items)
+        if source_run != self.run_id:
+            self._client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
+
 
 class NullRun(Run):
     """The run handle of a process that computes but does not log: a rank other than 0 of a
@@ -262,6 +360,16 @@ class NullRun(Run):
         pass
 
     def log_dict(self, data: dict, name: str) -> None:
+        pass
+
+    def log_dataset(self, context: str) -> None:
+        pass
+
+    def log_model(self, files: list[Path], name: str, model_type: str, tags: dict[str, Any],
+                  params: dict[str, Any]) -> str | None:
+        return None
+
+    def log_model_figures(self, model_id: str | None, metrics: dict[str, Any]) -> None:
         pass
 
 
@@ -306,9 +414,14 @@ _checked: set[str] = set()  # servers that answered in this process
 def create_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any]) -> str:
     """A new RUNNING run's id, to be entered with ``tracked_run(..., run_id=...)``."""
     client, uri = client_for(cfg)
-    run = client.create_run(_experiment_id(client, cfg, uri), run_name=run_name,
+    run = client.create_run(_experiment_id(client, cfg, uri), run_name=run_label(run_name, tags),
                             tags={k: str(v) for k, v in tags.items()})
+    Run(client, run.info.run_id, dataset_of(tags)).log_dataset(_context(tags))
     return run.info.run_id
+
+
+def _context(tags: dict[str, Any]) -> str:
+    return "evaluation" if tags.get("stage") == "evaluate" else "training"
 
 
 def end_dangling_run(cfg: TrackingCfg, run_id: str, error: str) -> bool:
@@ -340,14 +453,16 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
         client.update_run(run_id, status="RUNNING")
         if "error" in client.get_run(run_id).data.tags:  # from an earlier, interrupted session
             client.delete_tag(run_id, "error")
-        handle = Run(client, run_id)
+        handle = Run(client, run_id, dataset_of(tags))
         handle.set_tags(tags)
     else:
         exp_id = _experiment_id(client, cfg, uri)
-        run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
-        handle = Run(client, run.info.run_id)
+        run = client.create_run(exp_id, run_name=run_label(run_name, tags), tags={k: str(v) for k, v in tags.items()})
+        handle = Run(client, run.info.run_id, dataset_of(tags))
     try:
         interrupts.check()  # a reopened run (created RUNNING by create_run) ends KILLED, not RUNNING
+        if run_id is None:
+            handle.log_dataset(_context(tags))
         yield handle
         handle.flush()
         # A signal during the run's last steps: the stage exits 130 and DVC keeps none of its
@@ -370,3 +485,34 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
         raise
     else:
         client.set_terminated(handle.run_id, status="FINISHED")
+
+
+KNEE_ALIAS = "knee"
+
+
+def register_knee(cfg: TrackingCfg, model_id: str, description: str) -> str | None:
+    """Register the logged model ``model_id`` (the report's knee) as a version of the registered
+    model ``<experiment>-knee`` and point its alias ``knee`` at it; a knee already registered is
+    left as it is. Returns the version, or None with a warning where the store cannot do it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, uri = client_for(cfg)
+    name = f"{cfg.experiment_name}-knee"
+    mlflow.set_tracking_uri(uri)  # the registry resolves models:/ URIs through the global client
+    try:
+        try:
+            current = client.get_model_version_by_alias(name, KNEE_ALIAS)
+            if current.source == f"models:/{model_id}":  # (its model_id reads None from a SQLite store)
+                return str(current.version)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        # The fluent call also tags the logged model with its version (the Models view's column).
+        version = mlflow.register_model(f"models:/{model_id}", name, await_registration_for=0)
+        client.update_model_version(name, version.version, description=description)
+        client.set_registered_model_alias(name, KNEE_ALIAS, version.version)
+        return str(version.version)
+    except MlflowException as err:
+        log.warning("the knee model %s was not registered: %s", model_id, str(err)[:300])
+        return None

@@ -259,6 +259,7 @@ def test_a_tracking_uri_that_does_not_answer_fails_within_seconds_naming_it(tmp_
 
 @pytest.mark.browser
 def test_ui_renders_the_runs_in_headless_chromium(server, served, chromium):
+    """The MLflow UI as a new user opens it: the runs table, a run's page and the Models view."""
     exp_id = _experiment_id(server)
     train = _search(server, "tags.stage = 'train'")[0]
     # MLflow 3 opens an experiment in its GenAI view; the runs table is the "Model training" one.
@@ -276,5 +277,21 @@ def test_ui_renders_the_runs_in_headless_chromium(server, served, chromium):
         "&& document.body.innerText.includes('energy/total_j') && document.body.innerText",
         polling=500, timeout=120_000).json_value()
     assert "mlp" in page and "train" in page
-    external = table.external() + run.external()
+    # What the default columns hold (a fresh browser profile, nothing configured): the data as a
+    # dataset (the card's name and digest) and each model as a link to its logged model.
+    digest = _tags(train)["data_hash"][:12]
+    assert f"mnist1d ({digest})" in text, text
+    links = table.page.eval_on_selector_all("a", "els => els.map(e => [e.getAttribute('href'), e.innerText.trim()])")
+    assert any("/models/m-" in (href or "") and name == "mlp-baseline" for href, name in links), links
+    # The experiment's Models view: each model with its accuracy and energy, under its dataset.
+    # Its grid renders the columns in view only: a wide window shows them all.
+    models = chromium.open(f"{server}/#/experiments/{exp_id}/models?workflowType=machine_learning", timeout_s=90)
+    models.page.set_viewport_size({"width": 3000, "height": 900})
+    view = models.page.wait_for_function(
+        "document.body && document.body.innerText.includes('mlp-tuned') "
+        "&& document.body.innerText.includes('test/energy_per_1k_j') && document.body.innerText",
+        polling=500, timeout=120_000).json_value()
+    for column in ("mlp-baseline", f"mnist1d (#{digest})", "final/val_acc", "final/energy_j", "test/acc"):
+        assert column in view, (column, view)
+    external = table.external() + run.external() + models.external()
     assert not external, external

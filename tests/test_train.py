@@ -106,6 +106,50 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     assert logged["matrix"] == confusion(prepared.arrays["y_test"], pred, 10).tolist()
 
 
+def test_the_mlflow_ui_gets_datasets_logged_models_and_a_registered_knee(tiny_params, prepared, meter, capsys):
+    """What the MLflow UI shows by default: each run's data as a dataset input (the card's name
+    and digest), its name telling stage, model and commit apart, the trained model as a logged
+    model of its run with accuracy and energy linked to it (training figures by the train run,
+    test figures by the evaluation, which takes the model as its input); the report registers
+    its knee model under an alias, once."""
+    import yaml
+
+    from pipeline.cli import main
+
+    from .conftest import tiny_raw
+
+    Path("params.yaml").write_text(yaml.safe_dump({**tiny_raw(), "families": ["mlp"]}))  # for the report
+    params = tiny_params(**{"families": ["mlp"]})
+    m = train_family(params, "mlp", meter, prepared)
+    e = evaluate_family(params, "mlp", meter=meter)
+    client, _ = client_for(params.tracking)
+    (train,), (ev,) = _runs(params, "train"), _runs(params, "evaluate")
+    for run, context in ((train, "training"), (ev, "evaluation")):
+        (inp,) = run.inputs.dataset_inputs
+        assert (inp.dataset.name, inp.dataset.digest) == ("mnist1d", prepared.card["sha256"][:12])
+        assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == context
+    assert train.info.run_name.startswith("train-mlp") and ev.info.run_name.startswith("evaluate-mlp-baseline")
+    assert train.info.run_name != ev.info.run_name
+    model_id = json.loads((paths.model_dir("mlp") / "run.json").read_text())["model_id"]
+    assert train.data.tags["model_id"] == model_id
+    assert [o.model_id for o in train.outputs.model_outputs] == [model_id]
+    assert [i.model_id for i in client.get_run(ev.info.run_id).inputs.model_inputs] == [model_id]
+    model = client.get_logged_model(model_id)
+    assert model.name == "mlp-baseline" and model.source_run_id == train.info.run_id and model.status == "READY"
+    figures = {x.key: (x.value, x.run_id, x.dataset_name) for x in model.metrics}
+    assert figures["final/val_acc"] == (m["val_acc"], train.info.run_id, "mnist1d")
+    assert figures["final/energy_j"][:2] == (pytest.approx(m["energy_j"]), train.info.run_id)
+    assert figures["test/acc"] == (e["test_acc"], ev.info.run_id, "mnist1d")
+    assert figures["test/energy_per_1k_j"][:2] == (pytest.approx(e["energy_per_1k_j"]), ev.info.run_id)
+    assert {a.path for a in client.list_logged_model_artifacts(model_id)} == {"model.pt", "spec.json"}
+
+    for _ in range(2):  # the same knee twice: one version
+        assert main(["report"]) == 0
+    assert "(registered: energy-pipeline-knee version 1)" in capsys.readouterr().out
+    knee = client.get_model_version_by_alias("energy-pipeline-knee", "knee")
+    assert knee.source == f"models:/{model_id}" and str(knee.version) == "1"
+
+
 def test_target_accuracy_energy_is_logged_only_when_reached(tiny_params, prepared, meter):
     reached = train_family(tiny_params(**{"train.target_val_acc": 0.05}), "mlp", meter, prepared)
     assert reached["epochs_to_target"] == 1 and 0 < reached["energy_to_target_j"] <= reached["energy_j"]

@@ -386,10 +386,12 @@ def _log_work(run: Run, ctx: Context, plan: Plan, cost: EnergyReading, built: Bu
         run.log_artifact(f, "model")
 
 
-def _log_figures(run: Run, metrics: dict, reference: dict) -> None:
-    """The measured figures, once every model's energy has been measured."""
-    run.log_metrics({_METRIC_NAMES[k]: v for k, v in metrics.items()
-                     if k in _METRIC_NAMES and isinstance(v, (int, float))})
+def _log_figures(run: Run, model_id: str | None, metrics: dict, reference: dict) -> None:
+    """The measured figures, once every model's energy has been measured (those of the Models
+    view linked to the variant's logged model ``model_id``)."""
+    figures = {_METRIC_NAMES[k]: v for k, v in metrics.items() if k in _METRIC_NAMES and isinstance(v, (int, float))}
+    run.log_metrics(figures)
+    run.log_model_figures(model_id, figures)
     run.log_metrics({"reference/test_acc": reference["test_acc"],
                      "reference/energy_per_1k_j": reference.get("energy_per_1k_j")})
     run.set_tags({"flops_note": metrics.get("flops_note"), "payback": metrics.get("payback"),
@@ -442,21 +444,24 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
                 model = model.to(device)
             measured = _quality(ctx, model)
             _log_work(run, ctx, plan, cost, built, variant_dir)
-        done.append((plan, run.run_id, model, measured, cost, sizes, built))
+            model_id = run.log_model(sorted(variant_dir.iterdir()), f"{family}-{source}-{plan.name}", family,
+                                     {"family": family, "variant": plan.name, "technique": plan.technique,
+                                      "source_variant": source}, built.spec.hparams)
+        done.append((plan, run, model_id, model, measured, cost, sizes, built))
         print(f"[{family}/{source}] {plan.name}: test/acc {measured.acc:.4f}, "
               f"compression {cost.energy_j if cost.energy_j is not None else float('nan'):.2f} J", flush=True)
 
-    rounds = _measure_energy(ctx, {REFERENCE: measured_teacher, **{d[0].name: d[2] for d in done}}, meter)
+    rounds = _measure_energy(ctx, {REFERENCE: measured_teacher, **{d[0].name: d[3] for d in done}}, meter)
     threads, allocator = measured_threads(params.evaluate), allocator_setting()
     ref_m = InferenceMeasurement(*ref_quality, rounds[REFERENCE], threads, allocator, str(model_device(measured_teacher)))
     reference = _reference(ctx, ref_m)
     variants: dict[str, dict] = {}
     client, _ = client_for(params.tracking)
-    for plan, run_id, model, measured, cost, sizes, built in done:
+    for plan, run, model_id, model, measured, cost, sizes, built in done:
         result = InferenceMeasurement(*measured, rounds[plan.name], threads, allocator, str(model_device(model)))
         metrics = {"technique": plan.technique, "level": plan.level,
                    **_variant_metrics(result, reference, ref_m, cost, sizes, built)}
-        _log_figures(Run(client, run_id), metrics, reference)  # onto the variant's finished run
+        _log_figures(run, model_id, metrics, reference)  # onto the variant's finished run
         variants[plan.name] = metrics
         ratio = metrics.get("energy_ratio")
         print(f"[{family}/{source}] {plan.name}: {metrics.get('energy_per_1k_j', float('nan')):.4f} J/1k predictions, "

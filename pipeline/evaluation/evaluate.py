@@ -235,6 +235,8 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
             run.log_metrics_to(train_run["run_id"], {
                 "test/acc": acc, "test/f1_macro": f1, "test/samples": metrics["test_samples"],
                 **{f"test/{k}": metrics.get(k) for k in ("energy_per_1k_j", "energy_per_1k_j_se")}})
+        run.log_model_figures(train_run.get("model_id"), {"test/acc": acc,
+                                                          "test/energy_per_1k_j": metrics.get("energy_per_1k_j")})
 
         cm_path = paths.confusion_plot(family, variant)
         cm_path.parent.mkdir(parents=True, exist_ok=True)

@@ -256,6 +256,7 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
         "git_commit": commit,
         "dvc_exp_name": t.get("dvc_exp_name", ""),
         "run_id": r.run_id,
+        "model_id": t.get("model_id", ""),
         "run_name": r.name,
         "start_ms": r.start_ms,
     }

@@ -32,7 +32,7 @@ from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
-from pipeline.models.saved import SPEC, save_model
+from pipeline.models.saved import MODEL, SPEC, save_model
 from pipeline.prediction import error_pct, errors, linear_rule
 from pipeline.ranks import is_global_zero
 from pipeline.tracking import NullRun, Run, base_tags, tracked_run
@@ -253,11 +253,19 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
             metrics["energy_to_target_j"] = reached["energy_j"]
     metrics.update(prediction_summary(recorder, run, energy, metrics.get("energy_to_target_j"), cfg.max_epochs))
     result.metrics = {k: v for k, v in metrics.items() if v is not None}
-    run.log_metrics({f"final/{k}": v for k, v in result.metrics.items() if k != "energy_method"})
+    # The run's columns stay few: what it logged already under another key (energy/*, model/*) is
+    # not logged again; the whole summary is the stage's metrics file and the run's summary.json.
+    run.log_metrics({f"final/{k}": v for k, v in result.metrics.items() if k not in LOGGED_ELSEWHERE})
+    run.log_dict(result.metrics, "summary.json")
     run.log_metrics({"val/acc_best": recorder.max_val_acc})
     return result
 
 
+# Summary figures the run already holds under another key (energy/*, model/*, threads): not
+# logged again as final/*.
+LOGGED_ELSEWHERE = frozenset({
+    "energy_method", "duration_s", "energy_kwh", "cpu_kwh", "gpu_kwh", "ram_kwh", "emissions_kg", "mean_power_w",
+    "others_cores", "threads", "params", "param_bytes", "flops_per_sample_inference", "flops_per_train_step"})
 PREDICTION_EPOCHS = (1, 2, 3)  # the run's summary keeps the errors of the predictions after these epochs
 
 
@@ -277,13 +285,17 @@ def prediction_summary(recorder: EpochRecorder, run: Run, energy: EnergyReading,
 
 def export_run(result: FitResult, run: Run, family: str, variant: str, card: dict, extra: dict | None = None) -> None:
     """Write a stage's view of a fit: epoch history, run.json, artifacts (checkpoint, spec, card,
-    energy record) in the run."""
+    energy record) in the run, and the model as the run's MLflow logged model."""
     out_dir = paths.model_dir(family, variant)
     history_path = paths.epoch_plot(family, variant)
     write_history(result.history, history_path)
-    run_info = {"run_id": run.run_id, "family": family, "variant": variant, "energy": result.energy.to_dict(),
-                "flops_note": result.profile.flops_note, "data_sha256": card["sha256"], "compute": result.compute,
-                **(extra or {})}
+    spec = json.loads((out_dir / SPEC).read_text())
+    model_id = run.log_model([out_dir / MODEL, out_dir / SPEC], f"{family}-{variant}", family,
+                             {"family": family, "variant": variant}, spec.get("hparams", {}))
+    run.log_model_figures(model_id, {f"final/{k}": v for k, v in result.metrics.items()})
+    run_info = {"run_id": run.run_id, "model_id": model_id, "family": family, "variant": variant,
+                "energy": result.energy.to_dict(), "flops_note": result.profile.flops_note,
+                "data_sha256": card["sha256"], "compute": result.compute, **(extra or {})}
     paths.write_json(run_info, out_dir / "run.json")
     for artifact in (result.best_checkpoint, out_dir / SPEC, history_path):
         if artifact:
