@@ -336,6 +336,18 @@ def test_report_html_renders_its_plots_in_chromium_with_the_network_off(in_store
     assert len(images) == 2 and all(done and w > 500 and h > 300 for done, w, h in images)
     assert page.evaluate("document.querySelectorAll('table tbody tr').length") == 7
     assert "cnn-tuned" in page.evaluate("document.body.innerText")
+    # Readable at 1280 px: no table wider than the page, nothing to scroll sideways.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    widths = page.evaluate("Array.from(document.querySelectorAll('table')).map(t => t.getBoundingClientRect().right)")
+    assert widths and max(widths) <= 1280, widths
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    # Hovering a point of the Pareto figure names its model, run and params (an SVG title over the image).
+    titles = page.evaluate("Array.from(document.querySelectorAll('figure svg circle title')).map(t => t.textContent)")
+    assert any(t.startswith("cnn-tuned") and "(tune): run refit-cnn" in t for t in titles), titles
+    box = page.evaluate("(() => { const r = document.querySelector('figure svg').getBoundingClientRect(), "
+                        "i = document.querySelector('figure img').getBoundingClientRect(); "
+                        "return [r.width - i.width, r.height - i.height]; })()")
+    assert all(abs(d) < 2 for d in box), box  # the layer covers the image, scaled with it
     network = [u for u in watched.requests if not u.startswith(("file:", "data:"))]
     assert not network and not watched.blocked, (network, watched.blocked)
 
@@ -438,7 +450,7 @@ def test_flops_sentence_gives_the_reasons_the_rows_carry():
     int8 = "not countable: torch's FLOP counter has no formula for int8 kernels"
     text = _notes([_rec(0, "mlp", **{"model/flops_per_sample_inference": 100.0, "final/train_flops_total": 1e6}),
                    _rec(1, "cnn", "quant_static-int8", stage="compress", tags={"flops_note": int8, "technique": "quant_static"})])
-    assert f"FLOPs/sample n/a: {int8} (1 model)." in text
+    assert f"FLOPs per sample n/a: {int8} (1 model)." in text
     assert "Train FLOPs n/a for 1 model of stage compress" in text and "LSTM" not in text
     assert "n/a" not in _notes([_rec(0, "mlp", **{"model/flops_per_sample_inference": 100.0, "final/train_flops_total": 1e6})])
 
@@ -450,3 +462,28 @@ def test_groups_sentence_only_when_a_model_appears_in_several_groups(in_store):
     assert groups_note(_load()).startswith("1 model appears in more than one of the 2 groups")
     assert groups_note(_load(dvc_exps=["exp-a"])) is None  # one group
     assert groups_note(_load(families=["cnn"])) is None  # two groups, no model in both
+
+
+def test_front_labels_stay_clear_of_each_other_around_a_crowded_knee():
+    """A front of eight: its two ends far apart, six models crowded within a few percent of each
+    other (where the knee sits). Every label is drawn, none overlaps another."""
+    from pipeline.reporting.figures import pareto_axes
+
+    crowd = [(f"v{i}", 10.0 * 1.02 ** i, 0.80 + 0.002 * i) for i in range(6)]
+    ends = [("small", 0.5, 0.40), ("large", 800.0, 0.95)]
+    records = [_rec(i, "mlp", variant=v, **{"energy/total_j": j, "test/acc": acc, "test/energy_per_1k_j": j / 100})
+               for i, (v, j, acc) in enumerate(crowd + ends)]
+    fig, points = pareto_axes(_compare(records))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in fig.axes[0].texts if t.get_text().startswith("mlp-")]
+    assert len(labels) == 8
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    overlaps = [(labels[i].get_text(), labels[j].get_text()) for i in range(8) for j in range(i + 1, 8)
+                if boxes[i].overlaps(boxes[j])]
+    assert not overlaps, overlaps
+    # every point has a hover title naming its model and run, at its place in the image
+    width, height = fig.get_figwidth() * fig.dpi, fig.get_figheight() * fig.dpi
+    assert len(points) == 8 * 3 and all(0 < x < width and 0 < y < height for x, y, _ in points)
+    assert {title.split("\n")[0] for _, _, title in points} == {f"mlp-{v} (train): run train-mlp"
+                                                                  for v, _, _ in crowd + ends}

@@ -52,6 +52,7 @@ from pipeline.uncertainty import Spread, Z, binomial_se, pooled_cv
 
 # Stages that produce models; a tuned refit's origin is "tune" (its MLflow tag says stage=train).
 MODEL_STAGES = ("train", "tune", "sweep", "compress")
+HOVER_PARAMS = ("train.lr", "train.batch_size", "train.max_epochs", "technique", "level")
 WORKSPACE = "workspace"  # --dvc-exp value for runs made outside any DVC experiment
 
 # (key in a row, axis title, short name) of the three Pareto fronts.
@@ -257,6 +258,8 @@ def _row(r: RunRecord, by_id: dict[str, RunRecord], evals: dict[str, RunRecord])
         "dvc_exp_name": t.get("dvc_exp_name", ""),
         "run_id": r.run_id,
         "model_id": t.get("model_id", ""),
+        # what the figures' hover titles name: the model's own hyperparameters and the training's main ones
+        "hparams": {k: v for k, v in r.params.items() if k.startswith("model.") or k in HOVER_PARAMS},
         "run_name": r.name,
         "start_ms": r.start_ms,
     }

@@ -83,14 +83,34 @@ def _front_lines(cmp: Comparison, axis: str) -> list[tuple[str, list[int], list[
     return out
 
 
-def pareto_figure(cmp: Comparison, path: Path) -> Path:
-    """Test accuracy against each energy axis: front opaque and joined, dominated runs faded,
-    knee starred."""
+DPI = 90  # the figures' resolution: drawn at it, so drawing coordinates are the PNG's pixels
+
+
+def _hover_title(row: dict, key: str, title: str) -> str:
+    acc = row["test_acc"]
+    se = row.get("test_acc_se")
+    lines = [f"{row['label']} ({row['stage']}): run {row.get('run_name') or row.get('run_id', '')}",
+             f"test accuracy {acc:.4f}" + (f" \u00b1 {Z * se:.4f}" if se else ""),
+             f"{title}: {row[key]:,.4g}"]
+    if row.get("hparams"):
+        lines.append(", ".join(f"{k}={v}" for k, v in row["hparams"].items()))
+    return "\n".join(lines)
+
+
+def pareto_axes(cmp: Comparison):
+    """The figure of ``pareto_figure`` (test accuracy against each energy axis: front opaque and
+    joined, dominated runs faded, knee starred, the front's labels placed clear of each other and
+    of the points) and its points: ``[(x, y, title)]`` in pixels from the top left."""
+    from adjustText import adjust_text
+
     plt = _plt()
     rows = cmp.rows
-    fig, axes = plt.subplots(1, len(AXES), figsize=(6 * len(AXES), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(AXES), figsize=(6 * len(AXES), 5), squeeze=False, dpi=DPI)
     colors = family_colors(rows)
     stages = sorted({r["stage"] for r in rows})
+    # Fixed margins: tight_layout would draw the whole figure once more just to measure it.
+    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.11, top=0.93, wspace=0.16)
+    placed: list[tuple[object, list[int], str, str]] = []
     for ax, (key, title, axis) in zip(axes[0], AXES, strict=True):
         lines = _front_lines(cmp, axis)
         on = set(cmp.fronts[axis])
@@ -111,18 +131,13 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
             ax.scatter(xs, ys, c=colors[family], marker=STAGE_MARKERS.get(stage, "x"),
                        s=60 if is_front else 30, alpha=1.0 if is_front else 0.25,
                        edgecolors="k" if is_front else "none", linewidths=0.6, zorder=3 if is_front else 2)
+        labelled: list[int] = []
         for n, (_, front, knees) in enumerate(lines):
             if not front:
                 continue
             ax.plot([rows[i][key] for i in front], [rows[i]["test_acc"] for i in front],
                     ls=FRONT_STYLES[n % len(FRONT_STYLES)], color="k", lw=1, zorder=1)
-            xs = [rows[i][key] for i in front]
-            mid = (min(xs) * max(xs)) ** 0.5  # labels of the right half go to the left of their point
-            labelled = front if len(front) <= MAX_LABELS else [front[0], front[-1], *knees]
-            for i in dict.fromkeys(labelled):
-                right = rows[i][key] > mid
-                ax.annotate(rows[i]["label"], (rows[i][key], rows[i]["test_acc"]), textcoords="offset points",
-                            xytext=(-6 if right else 6, -11), ha="right" if right else "left", fontsize=7)
+            labelled += front if len(front) <= MAX_LABELS else [front[0], front[-1], *knees]
             if knees:
                 ax.scatter([rows[k][key] for k in knees], [rows[k]["test_acc"] for k in knees], marker="*", s=320,
                            c="gold", edgecolors="k", linewidths=0.8, zorder=4)
@@ -136,12 +151,33 @@ def pareto_figure(cmp: Comparison, path: Path) -> Path:
         ax.set_ylabel("test accuracy")
         ax.set_title(f"Accuracy vs {title.split(' (')[0]}", fontsize=11)
         ax.grid(alpha=0.3, which="both")
+        placed.append((ax, usable, key, title))
+        texts = [ax.text(rows[i][key], rows[i]["test_acc"], rows[i]["label"], fontsize=7, zorder=5)
+                 for i in dict.fromkeys(labelled)]
+        if texts:  # clear of each other and of the front's points, joined to their point
+            shown = [i for i in on if i in set(usable)]
+            adjust_text(texts, x=[rows[i][key] for i in shown], y=[rows[i]["test_acc"] for i in shown], ax=ax,
+                        expand=(1.15, 1.4), time_lim=1,
+                        arrowprops={"arrowstyle": "-", "color": "#666666", "lw": 0.5})
     _legend(axes[0][0], colors, stages, [name for name, _, _ in _front_lines(cmp, AXES[0][2])])
-    # Fixed margins: tight_layout would draw the whole figure once more just to measure it.
-    fig.subplots_adjust(left=0.045, right=0.99, bottom=0.11, top=0.93, wspace=0.16)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    height = fig.get_figheight() * DPI
+    points = []
+    for ax, usable, key, title in placed:
+        ax.get_xlim(), ax.get_ylim()  # settles the autoscaled limits that transData maps through
+        for i in usable:
+            x, y = ax.transData.transform((rows[i][key], rows[i]["test_acc"]))
+            points.append((round(float(x), 1), round(float(height - y), 1), _hover_title(rows[i], key, title)))
+    return fig, points
+
+
+def pareto_figure(cmp: Comparison, path: Path) -> tuple[Path, dict]:
+    """``pareto_axes`` saved as a PNG at ``path``; returns it with its points (``render`` lays
+    them over the image as hover titles): ``{"width", "height", "points": [(x, y, title)]}``."""
+    fig, points = pareto_axes(cmp)
+    fig.savefig(path, dpi=DPI)
+    hover = {"width": fig.get_figwidth() * DPI, "height": fig.get_figheight() * DPI, "points": points}
+    _plt().close(fig)
+    return path, hover
 
 
 # Rows of a family's size series: its baseline and its sweep sizes (same training budget).
@@ -200,6 +236,6 @@ def size_figure(cmp: Comparison, path: Path) -> Path:
     axes[0][0].legend(handles=handles, fontsize=8, loc="lower right")
     fig.suptitle("Model size: accuracy and training energy against parameters and FLOPs", fontsize=12)
     fig.subplots_adjust(left=0.07, right=0.985, bottom=0.07, top=0.94, wspace=0.2, hspace=0.22)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path

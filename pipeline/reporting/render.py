@@ -15,7 +15,8 @@ from pathlib import Path
 from pipeline.reporting.compare import AXES, Comparison
 from pipeline.uncertainty import Z
 
-# (row key, column title, format) of the per-family tables.
+# (row key, column title, format) of the per-family tables. Other units (Wh) and the energy method
+# are in plots/models.csv: the method is stated once for all rows, or per condition ("measured").
 COLUMNS = [
     ("label", "model", "{}"),
     ("stage", "stage", "{}"),
@@ -24,16 +25,14 @@ COLUMNS = [
     ("test_f1_macro", "macro-F1", "{:.4f}"),
     ("train_energy_j", "train energy (J)", "{:,.1f}"),
     ("train_energy_bounds", "method bounds (J)", "{}"),
-    ("train_energy_wh", "train energy (Wh)", "{:.4f}"),
     ("train_emissions_g", "train CO2eq (g)", "{:.4f}"),
     ("train_duration_s", "train time (s)", "{:.1f}"),
     ("search_energy_j", "search energy (J)", "{:,.1f}"),
     ("energy_per_1k_j", "inference J/1k pred", "{:.4f}"),
     ("params", "params", "{:,.0f}"),
-    ("flops_per_sample_inference", "FLOPs/sample", "{:,.0f}"),
+    ("flops_per_sample_inference", "FLOPs per sample", "{:,.0f}"),
     ("train_flops_total", "train FLOPs", "{:.3g}"),
-    ("flops_per_joule", "FLOPs/J", "{:.3g}"),
-    ("energy_method", "energy method", "{}"),
+    ("flops_per_joule", "FLOPs per J", "{:.3g}"),
 ]
 AXIS_LETTER = {"train": "T", "inference": "I", "search": "S"}
 MAX_FRONT_LISTED = 10  # front models named in the summary's sentence per axis
@@ -54,6 +53,8 @@ class Section:
 class Figure:
     path: Path
     caption: str
+    # Where its points are and what each is (figures.pareto_figure): hover titles on the page.
+    hover: dict | None = None
 
 
 def fmt(value, spec: str) -> str:
@@ -199,8 +200,8 @@ def method_note(cmp: Comparison) -> str:
         m = r.get("energy_method") or "unknown"
         counts[m] = counts.get(m, 0) + 1
     methods = sorted(counts, key=lambda m: (-counts[m], m))
-    head = ("Costs are CodeCarbon's measurements; the energy method column says how each run was measured "
-            "(the model's own run: its training, or a variant's compression).")
+    head = ("Costs are CodeCarbon's measurements, each by its model's own run (its training, or a variant's "
+            "compression); the energy method of each model is in plots/models.csv.")
     if len(methods) == 1:
         m = methods[0]
         text = (f"{head} Every model here carries one method, `{m}`: {_method_meaning(m)}.")
@@ -301,7 +302,7 @@ def flops_note(cmp: Comparison) -> str:
     """What the FLOPs columns count, and why some cells are n/a, from the rows."""
     rows = cmp.rows
     text = ("FLOPs per sample are counted by torch's FLOP counter for one inference; train FLOPs count every "
-            "training and validation pass; FLOPs/J divides them by the training run's energy.")
+            "training and validation pass; FLOPs per J divides them by the training run's energy.")
     reasons: dict[str, int] = {}
     for r in rows:
         if r.get("flops_per_sample_inference") is None:
@@ -309,7 +310,7 @@ def flops_note(cmp: Comparison) -> str:
             why = note if note.startswith("not countable") else "not logged by the run"
             reasons[why] = reasons.get(why, 0) + 1
     if reasons:
-        text += " FLOPs/sample n/a: " + "; ".join(f"{why} ({_count(n, 'model')})" for why, n in reasons.items()) + "."
+        text += " FLOPs per sample n/a: " + "; ".join(f"{why} ({_count(n, 'model')})" for why, n in reasons.items()) + "."
     untrained: dict[str, int] = {}
     for r in rows:
         if r.get("train_flops_total") is None:
@@ -390,12 +391,17 @@ def markdown(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1900px;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}h3{margin-top:1.2em}
+.table{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
-th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
-th{background:#f4f4f4;position:sticky;top:0}
+th,td{border:1px solid #ddd;padding:.25em .3em;text-align:right;white-space:nowrap}
+th{background:#f4f4f4;position:sticky;top:0;white-space:normal;vertical-align:bottom;min-width:3.5em}
+td small{color:#555;font-weight:400}
 td:first-child,td:nth-child(2),td:last-child,th:first-child{text-align:left}
 tr.front td{font-weight:600}tr.dominated td{color:#777}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figure{margin:1em 0}figure img{display:block;max-width:100%;height:auto;border:1px solid #eee}
+.hover{position:relative;display:inline-block;max-width:100%}
+.hover svg{position:absolute;left:0;top:0;width:100%;height:100%}
+.hover circle{fill:transparent;pointer-events:all}.hover circle:hover{stroke:#000;stroke-width:1.5}
 figcaption{font-size:.9em;color:#555}.scope{color:#444}code{background:#f4f4f4;padding:0 .2em}
 """
 
@@ -431,8 +437,26 @@ def _embed_images(page: str, base: Path | None) -> str:
     return re.sub(r'src="(?!data:|https?:)([^"]+)"', embed, page)
 
 
+def _hover_layer(hover: dict | None) -> str:
+    """An SVG laid over a figure, scaled with it, with one invisible circle per point whose title
+    the browser shows on hover (the point's run, figures and params): no script, no network."""
+    if not hover:
+        return ""
+    circles = "".join(f'<circle cx="{x}" cy="{y}" r="6"><title>{html.escape(title)}</title></circle>'
+                      for x, y, title in hover["points"])
+    return (f'<svg viewBox="0 0 {hover["width"]:g} {hover["height"]:g}" preserveAspectRatio="none" '
+            f'role="img" aria-label="points of the figure">{circles}</svg>')
+
+
 def data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _stacked(cell: str) -> str:
+    """A table cell as HTML, a figure's noise under it rather than beside it (the tables then fit
+    a 1280 px page)."""
+    value, sep, noise = cell.partition(" \u00b1 ")
+    return html.escape(value) + (f"<br><small>\u00b1 {html.escape(noise)}</small>" if sep else "")
 
 
 def html_page(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Section] = ()) -> str:
@@ -446,19 +470,19 @@ def html_page(cmp: Comparison, figures: Sequence[Figure], extra: Sequence[Sectio
         parts.append(f"<li>Against {e(title)}: {_inline_md(text)}</li>")
     parts.append("</ul>")
     for fig in figures:
-        parts.append(f'<figure><img src="{data_uri(fig.path)}" alt="{e(fig.caption)}">'
-                     f"<figcaption>{e(fig.caption)}</figcaption></figure>")
+        parts.append(f'<figure><div class="hover"><img src="{data_uri(fig.path)}" alt="{e(fig.caption)}">'
+                     f"{_hover_layer(fig.hover)}</div><figcaption>{e(fig.caption)}</figcaption></figure>")
     parts.append("<h2>Per family</h2><p>Bold rows: on at least one Pareto front; "
                  "grey rows: on none (dominated, or not measured).</p>")
     cols = columns(cmp)
     head = "".join(f"<th>{e(t)}</th>" for _, t, _ in cols)
     for family, rows in _by_family(cmp).items():
-        parts.append(f"<h3>{e(family)}</h3><table><thead><tr>{head}</tr></thead><tbody>")
+        parts.append(f'<h3>{e(family)}</h3><div class="table"><table><thead><tr>{head}</tr></thead><tbody>')
         for r in rows:
             cls = "front" if _on_any_front(r) else "dominated"
-            cells = "".join(f"<td>{e(c)}</td>" for c in _cells(r, cols))
+            cells = "".join(f"<td>{_stacked(c)}</td>" for c in _cells(r, cols))
             parts.append(f'<tr class="{cls}" title="run {e(r["run_id"])}">{cells}</tr>')
-        parts.append("</tbody></table>")
+        parts.append("</tbody></table></div>")
     for sec in extra:
         parts.append(f"<h2>{e(sec.title)}</h2>{_embed_images(_md_to_html(sec.markdown), sec.base)}")
     parts.append("<h2>How to read it</h2><ul>")

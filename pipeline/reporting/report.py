@@ -67,10 +67,12 @@ def write_outputs(cmp: Comparison, out: Path, extra_sections: Sequence[Section] 
     from pipeline.reporting.figures import pareto_figure, size_figure
 
     out.mkdir(parents=True, exist_ok=True)
+    pareto, hover = pareto_figure(cmp, out / "accuracy_vs_energy.png")
     figures = [
-        Figure(pareto_figure(cmp, out / "accuracy_vs_energy.png"),
+        Figure(pareto,
                "Test accuracy against training energy, inference energy per 1,000 predictions, and search + "
-               "training energy: Pareto front joined, dominated models faded, knee starred"),
+               "training energy: Pareto front joined, dominated models faded, knee starred (hover a point: "
+               "its run and params)", hover),
         Figure(size_figure(cmp, out / "size_sweep.png"),
                "Model size: test accuracy and training energy against parameters and inference FLOPs per sample"),
     ]
