@@ -155,7 +155,7 @@ def pareto_axes(cmp: Comparison):
         texts = [ax.text(rows[i][key], rows[i]["test_acc"], rows[i]["label"], fontsize=7, zorder=5)
                  for i in dict.fromkeys(labelled)]
         if texts:  # clear of each other and of the front's points, joined to their point
-            shown = [i for i in on if i in set(usable)]
+            shown = sorted(on.intersection(usable))
             adjust_text(texts, x=[rows[i][key] for i in shown], y=[rows[i]["test_acc"] for i in shown], ax=ax,
                         expand=(1.15, 1.4), time_lim=1,
                         arrowprops={"arrowstyle": "-", "color": "#666666", "lw": 0.5})

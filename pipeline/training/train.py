@@ -32,7 +32,7 @@ from pipeline.energy import EnergyMeter, EnergyReading
 from pipeline.interrupts import reraise_interrupt
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.profile import ModelProfile, profile_model
-from pipeline.models.saved import MODEL, SPEC, save_model
+from pipeline.models.saved import MODEL, SPEC, read_spec, save_model
 from pipeline.prediction import error_pct, errors, linear_rule
 from pipeline.ranks import is_global_zero
 from pipeline.tracking import NullRun, Run, base_tags, tracked_run
@@ -289,9 +289,8 @@ def export_run(result: FitResult, run: Run, family: str, variant: str, card: dic
     out_dir = paths.model_dir(family, variant)
     history_path = paths.epoch_plot(family, variant)
     write_history(result.history, history_path)
-    spec = json.loads((out_dir / SPEC).read_text())
     model_id = run.log_model([out_dir / MODEL, out_dir / SPEC], f"{family}-{variant}", family,
-                             {"family": family, "variant": variant}, spec.get("hparams", {}))
+                             {"family": family, "variant": variant}, read_spec(out_dir).hparams)
     run.log_model_figures(model_id, {f"final/{k}": v for k, v in result.metrics.items()})
     run_info = {"run_id": run.run_id, "model_id": model_id, "family": family, "variant": variant,
                 "energy": result.energy.to_dict(), "flops_note": result.profile.flops_note,
