@@ -11,12 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipeline import interrupts
 from pipeline.config import ParamsError, load_params
 from pipeline.models.family import families
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 # Not the list itself: listing the registered families loads them (and torch), and --help answers at once.
 FAMILY_HELP = "a registered model family (the built-ins are those of params.yaml's families)"
 
@@ -37,6 +37,7 @@ def cmd_prepare(args) -> int:
 
     params = _load(args)
     prepared = prepare(params)
+    interrupts.defer()  # writing: a signal from here on is raised after, and what was written removed
     data_path, card_path = save(prepared, params.data.dataset)
     card = prepared.card
     print(f"prepared {card['dataset']}: input {card['input_shape']}, {card['num_classes']} classes, "
@@ -135,6 +136,7 @@ def cmd_apply_profile(args) -> int:
     files = [*args.profile, *args.files]
     merged = apply_profiles(args.params, files)
     what = f"with {', '.join(map(str, files))} merged on top" if files else "completed"
+    interrupts.defer()  # writing: a signal from here on is raised after the file is whole
     header = (f"# {args.params} {what} by `python -m pipeline apply-profile`, every default spelt out.\n"
               f"# Every key: docs/params.md. `git checkout {args.params}` brings back the shipped file.\n")
     args.params.write_text(header + yaml.safe_dump(merged, sort_keys=False, default_flow_style=None, width=110))
@@ -287,16 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import logging
 
-    from pipeline import interrupts
-
     interrupts.install(forget=False)  # SIGTERM ends runs like Ctrl-C: KILLED in MLflow, exit 130
-    try:
-        args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        created = [p for p in _outputs(args) if not p.exists()]
-    except KeyboardInterrupt:  # start-up: nothing was written yet
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    created = [p for p in _outputs(args) if not p.exists()]
     code = EXIT_FAILED
     try:
         code = _run(args)
@@ -339,8 +335,6 @@ def _remove(created: list[Path]) -> None:
 
 
 def _run(args) -> int:
-    from pipeline import interrupts
-
     try:
         code = args.func(args)
         interrupts.check()  # a signal during the command's last steps: its outputs are not kept
@@ -350,13 +344,13 @@ def _run(args) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupts.EXIT_INTERRUPTED
     except Exception as err:
         if interrupts.received():
-            # Raised at once during start-up, an interrupt can surface as another error (a C
-            # extension half-imported: "type ... is already registered"); the user asked to stop.
+            # Stopping for a signal can surface as another error (a DDP peer that stopped first
+            # is gone); the user asked to stop.
             print(f"interrupted ({type(err).__name__} while stopping)", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return interrupts.EXIT_INTERRUPTED
         from pipeline.data.source import DataError
         from pipeline.errors import FamilyError, StoreError
 

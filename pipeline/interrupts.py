@@ -1,18 +1,13 @@
 """Ctrl-C and SIGTERM as a request to stop, honoured at safe points.
 
-Two phases. During start-up (imports, reading params and data) nothing needs ending yet: a signal
-raises :class:`Interrupted` (a ``KeyboardInterrupt``) at once, so the command exits without
-waiting for its imports. From :func:`defer` on (called when a command first opens a store: the
-MLflow client, an Optuna storage) the handlers only *record* the signal, and :func:`check` raises
-it at points where every layer can end its work the same way: each training step, before each
-trial, between inference passes, when a tracked run starts or ends. MLflow runs then end KILLED
-with the energy measured so far, Optuna's trial ends FAIL marked interrupted (retried and not
-counted on resume), and the CLI exits 130 leaving no half-written output.
-
-During start-up the handler raises at once unless the signal landed inside Python's import
-machinery or the threading module: raised there, the exception once left the interpreter's import
-lock held and the process hung after printing "interrupted"; the handler then sends the signal
-again 20 ms later, until it lands elsewhere.
+Two phases. During start-up (imports, reading params and data) nothing has been started or
+written: the handler ends the process at once (``interrupted``, exit status 130), whatever the
+main thread is doing. From :func:`defer` on (called before a command opens a store -- the MLflow
+client, an Optuna storage -- or writes an output) the handlers only *record* the signal, and
+:func:`check` raises it at points where every layer can end its work the same way: each training
+step, before each trial, between inference passes, when a tracked run starts or ends. MLflow runs
+then end KILLED with the energy measured so far, Optuna's trial ends FAIL marked interrupted
+(retried and not counted on resume), and the CLI exits 130 leaving no half-written output.
 
 Why not raise from the handler, as Python does by default: an exception raised at an arbitrary
 bytecode lands, sooner or later, inside a library's critical section. Two such landings broke
@@ -22,6 +17,11 @@ exited after printing "interrupted"; between ``study.ask()`` and the objective's
 stayed RUNNING until the heartbeat failed it, so it was neither counted nor marked interrupted.
 Neither can happen when the exception is raised only from our own code.
 
+Nor does start-up raise from the handler: raised inside an import, the exception was swallowed
+by libraries' broad ``except`` clauses (the command then ran on, importing and training, for 30 s
+beside busy cores), left half-imported modules that failed later with unrelated errors, and,
+inside Python's import machinery, the import lock held (a hang at exit).
+
 Lightning turns a ``KeyboardInterrupt`` inside ``Trainer.fit`` into ``sys.exit(1)`` (and a SIGTERM
 into its own ``SIGTERMException``); :func:`reraise_interrupt` gives the interrupt back.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -43,16 +44,18 @@ _deferred = False
 _event = threading.Event()
 
 
-# Code that must not be interrupted by an exception even during start-up: Python's import machinery
-# (an exception between its ``_imp.acquire_lock()`` and the ``try`` that releases it leaves the
-# interpreter's import lock held, and the process hangs at exit on its next import) and the
-# threading module's lock handling.
-_CRITICAL = ("<frozen importlib", threading.__file__)
-REDELIVER_S = 0.02
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
-def _in_critical_code(frame) -> bool:
-    return frame is not None and frame.f_code.co_filename.startswith(_CRITICAL)
+def _exit_at_once() -> None:
+    """End the process now: start-up has nothing to end or remove. What was printed is kept."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 -- the main thread was inside a write: its text is lost
+            pass
+    os.write(2, b"interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _record(signum, frame) -> None:
@@ -60,20 +63,14 @@ def _record(signum, frame) -> None:
     if _received is None:
         _received = signal.Signals(signum).name
     _event.set()
-    if not _deferred:  # start-up: nothing to end cleanly yet
-        if _in_critical_code(frame):
-            # Not here: the signal is sent again in a moment, landing in other code.
-            timer = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
-            timer.daemon = True
-            timer.start()
-            return
-        raise Interrupted(_received)
+    if not _deferred:
+        _exit_at_once()
 
 
 def defer() -> None:
-    """From now on signals are only recorded and raised by :func:`check` (call before opening a
-    store or starting anything that must be ended: a run, a study, a worker). Raises at once if a
-    signal came before (its exception may have been swallowed, e.g. inside a ``__del__``)."""
+    """From now on signals are only recorded and raised by :func:`check`. Call before opening a
+    store, writing an output or starting anything that must be ended (a run, a study, a worker).
+    Raises at once if a signal was recorded before (a command run again in one process)."""
     global _deferred
     _deferred = True
     check()

@@ -109,7 +109,7 @@ def _worker_entry(raw_params: dict, *args) -> None:  # a spawned worker process
         # load time and cannot be pickled).
         run_worker(parse_params(raw_params), *args)
     except KeyboardInterrupt:  # its trial is already marked interrupted and its run KILLED
-        sys.exit(130)
+        sys.exit(interrupts.EXIT_INTERRUPTED)
 
 
 def _save_plots(study, multi: bool, out: Path) -> list[Path]:
