@@ -1,17 +1,19 @@
 """Energy a search spends before its first trial reaches a target validation accuracy.
 
-Runs the configured search (``tune.search.sampler`` + ``tune.search.pruner``, and the study's
-first trial at the params.yaml configuration when ``tune.search.enqueue_baseline`` is on) and
-Optuna's RandomSampler without pruning on the same family and space, for several seeds; the
-configured search without the enqueued baseline is run too, so the share of each is visible.
-Params are params.yaml with ``--profile`` merged on top (default: the large search profile, the
-space a real search covers). Every trial is the pipeline's real trial (Lightning + CodeCarbon +
-MLflow, into a temporary store). Energy counted: every trial up to the moment the first one
-reaches the target validation accuracy (that trial stops at the end of the epoch where it got
-there, in every arm), pruned trials included. Prints the mean of each arm and the ratios
-(configured / random; lower is better).
+Two arms on the same family, space and seed, alternated: the configured search
+(``tune.search.objective``, ``sampler`` and ``pruner``, or ``--objective`` / ``--sampler`` /
+``--pruner``; with its energy budget and, for accuracy+energy, the Pareto pruner), started
+cold -- no trial at the params.yaml point (``enqueue_baseline`` off), so nothing is known before
+the search -- and Optuna's RandomSampler without pruning. Params are params.yaml with
+``--profile`` merged on top (default: the large search profile, the space a real search covers).
+Every trial is the pipeline's real trial (Lightning + CodeCarbon + MLflow, into a temporary
+store). Energy counted: every trial up to the moment the first one reaches
+the target (that trial stops at the end of the epoch where it got there, in both arms), pruned
+trials included; a study that never reaches it within ``--max-trials`` counts all its trials.
+Prints each pair, the median energy of each arm per family, and the median of the per-pair ratios
+(configured / random; lower is better) with their quartiles and range.
 
-    python benchmarks/search_energy.py [--family cnn] [--target 0.95] [--seeds 5] [--max-trials 20]
+    python benchmarks/search_energy.py [--target cnn=0.95 mlp=0.5] [--objective accuracy+energy] [--seeds 5] [--max-trials 20]
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 
+from benchmarks._common import summary  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.prepare import prepare  # noqa: E402
 from pipeline.energy import J_PER_KWH, EnergyMeter  # noqa: E402
 from pipeline.tracking import tracked_run  # noqa: E402
 from pipeline.tuning import study as st  # noqa: E402
 from pipeline.tuning.objective import Objective  # noqa: E402
-from pipeline.tuning.space import baseline_point  # noqa: E402
 
 
 class StopAtTarget(pl.Callback):
@@ -48,28 +50,42 @@ class StopAtTarget(pl.Callback):
             trainer.should_stop = True
 
 
-def energy_to_target(params, family, prepared, meter, sampler, pruner, target, max_trials,
-                     warm_start: bool) -> tuple[float, int, bool]:
+def energy_to_target(params, family, prepared, meter, sampler, pruner, target,
+                     max_trials) -> tuple[float, int, bool]:
     """(joules spent until the first trial reached ``target``, trials used, reached?)."""
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    if warm_start and baseline_point(params, family):
-        study.enqueue_trial(baseline_point(params, family))
+    study = optuna.create_study(directions=st.directions(params), sampler=sampler, pruner=pruner)
     with tracked_run(params.tracking, f"bench-{family}", {"stage": "bench"}) as parent:
         objective = Objective(params, family, prepared, meter, parent.run_id, "bench", echo=lambda m: None,
                               callbacks=[StopAtTarget(target)])
 
         def stop_at_target(s, t):
-            if t.value is not None and t.value >= target:
-                s.stop()
-            # a pruned trial's best intermediate value counts too: it reached the target before being stopped
-            if t.intermediate_values and max(t.intermediate_values.values()) >= target:
+            if _reached(t, target):
                 s.stop()
 
         study.optimize(objective, n_trials=max_trials, callbacks=[stop_at_target], catch=(Exception,))
     joules = sum(t.user_attrs.get(st.ENERGY_ATTR, 0.0) for t in study.trials) * J_PER_KWH
-    reached = any((t.value or 0) >= target or (t.intermediate_values and max(t.intermediate_values.values()) >= target)
-                  for t in study.trials)
-    return joules, len(study.trials), reached
+    return joules, len(study.trials), any(_reached(t, target) for t in study.trials)
+
+
+def _reached(trial: optuna.trial.FrozenTrial, target: float) -> bool:
+    """Its val/acc (the first objective), or a pruned trial's best epoch, reached the target."""
+    accs = [*(trial.values[:1] if trial.values else []), *trial.intermediate_values.values()]
+    return max(accs, default=0.0) >= target
+
+
+def _with_search(params, **changes):
+    search = params.tune.search.model_copy(update=changes)
+    return params.model_copy(update={"tune": params.tune.model_copy(update={"search": search})})
+
+
+def _targets(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        family, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--target: {item!r} is not FAMILY=ACCURACY")
+        out[family] = float(value)
+    return out
 
 
 def main() -> None:
@@ -77,15 +93,22 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml")
     ap.add_argument("--profile", type=Path, action="append",
                     help="partial params merged on top (default: profiles/search-large.yaml)")
-    ap.add_argument("--family", default="cnn")
-    ap.add_argument("--target", type=float, default=0.95, help="validation accuracy to reach")
+    ap.add_argument("--target", nargs="+", default=["cnn=0.95", "mlp=0.5"],
+                    help="FAMILY=ACCURACY: the validation accuracy each family's search must reach")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--max-trials", type=int, default=20, help="a study that never reaches the target stops here")
+    ap.add_argument("--sampler", choices=["tpe", "random"], help="the configured arm's sampler (default: params)")
+    ap.add_argument("--pruner", help="the configured arm's pruner (default: params)")
+    ap.add_argument("--objective", choices=["accuracy", "accuracy+energy"],
+                    help="the configured arm's objective (default: params)")
     args = ap.parse_args()
+    targets = _targets(args.target)
 
     root = Path(__file__).resolve().parents[1]
     profiles = args.profile if args.profile is not None else [root / "profiles" / "search-large.yaml"]
     params = load_params(args.params, tuple(profiles))
+    params = _with_search(params, enqueue_baseline=False, **{
+        k: v for k, v in (("sampler", args.sampler), ("pruner", args.pruner), ("objective", args.objective)) if v})
     prepared = prepare(params)
     os.chdir(tempfile.mkdtemp(prefix="search-bench-"))
     for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI"):
@@ -93,29 +116,38 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     meter = EnergyMeter(params.energy).prewarm()
     s = params.tune.search
-    print(f"family {args.family}, target val/acc {args.target}, per-trial epochs {s.max_epochs}, "
-          f"profiles {[str(p) for p in profiles]}\nconfigured: {s.sampler} + {s.pruner} pruner "
-          f"(startup {s.startup_trials}, warm-up {s.warmup_epochs} epochs), first trial = params.yaml "
-          f"point {baseline_point(params, args.family)}; baseline: random, no pruning\n")
-    arms = ["configured", "configured, no warm start", "random"]
-    results: dict[str, list[float]] = {a: [] for a in arms}
-    for seed in range(args.seeds):
-        p = params.model_copy(update={"base": params.base.model_copy(update={"seed": params.base.seed + seed})})
-        for name in arms:
-            if name == "random":
-                sampler, pruner = optuna.samplers.RandomSampler(seed=p.base.seed), optuna.pruners.NopPruner()
-            else:
-                sampler, pruner = st.make_sampler(p), st.make_pruner(p)
-            warm_start = name == "configured" and s.enqueue_baseline
-            joules, n, reached = energy_to_target(p, args.family, prepared, meter, sampler, pruner,
-                                                  args.target, args.max_trials, warm_start=warm_start)
-            results[name].append(joules)
-            print(f"seed {seed} {name:26} {joules:8.1f} J over {n:2d} trials"
-                  f"{'' if reached else '  (target not reached: energy of all trials)'}", flush=True)
-    means = {a: statistics.mean(v) for a, v in results.items()}
-    print("\nmean energy to target: " + ", ".join(f"{a} {m:.1f} J" for a, m in means.items()))
-    for a in arms[:2]:
-        print(f"ratio {a} / random: {means[a] / means['random']:.3f} (target <= 0.33)")
+    print(f"targets {targets}, per-trial epochs {s.max_epochs}, profiles {[str(p) for p in profiles]}; "
+          f"energy: the pipeline's meter (CodeCarbon; each trial's method in its MLflow run)\nconfigured: "
+          f"{s.objective} objective, {s.sampler} sampler + {s.pruner} pruner "
+          f"(startup {s.startup_trials}, warm-up {s.warmup_epochs} epochs), cold start; "
+          f"against: random sampler, no pruning\n", flush=True)
+    arms = ["configured", "random"]
+    joules: dict[tuple[str, str], list[float]] = {}
+    ratios: list[float] = []
+    for family, target in targets.items():
+        for seed in range(args.seeds):
+            p = params.model_copy(update={"base": params.base.model_copy(update={"seed": params.base.seed + seed})})
+            pair = {}
+            for name in arms if seed % 2 == 0 else arms[::-1]:  # alternated: neither arm always first
+                arm = p
+                if name == "random":
+                    sampler, pruner = optuna.samplers.RandomSampler(seed=p.base.seed), optuna.pruners.NopPruner()
+                    arm = _with_search(p, objective="accuracy", pruner="none", energy_budget_kwh=None)  # nor the guard's stops
+                else:
+                    sampler, pruner = st.make_sampler(p), st.make_pruner(p)
+                j, n, reached = energy_to_target(arm, family, prepared, meter, sampler, pruner, target, args.max_trials)
+                pair[name] = j
+                joules.setdefault((family, name), []).append(j)
+                print(f"{family} seed {seed} {name:10} {j:8.1f} J over {n:2d} trials"
+                      f"{'' if reached else '  (target not reached: energy of all trials)'}", flush=True)
+            ratios.append(pair["configured"] / pair["random"])
+            print(f"{family} seed {seed} ratio {ratios[-1]:.3f}", flush=True)
+    print("\nmedian energy to target [range]:")
+    for family in targets:
+        print(f"  {family}: " + ", ".join(f"{a} {summary(joules[(family, a)], 'J')}" for a in arms))
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
+    print(f"ratio configured / random over {len(ratios)} pairs: median {statistics.median(ratios):.3f}, "
+          f"quartiles {q1:.3f}-{q3:.3f}, range {min(ratios):.3f}-{max(ratios):.3f} (goal: median <= 0.5)")
 
 
 if __name__ == "__main__":

@@ -361,7 +361,7 @@ class SearchCfg(_Strict):
     max_epochs: int = Field(4, ge=1)
     n_workers: int = Field(1, ge=1, le=64)
     sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["median", "asha", "hyperband", "none"] = "median"
     startup_trials: int = Field(2, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     # Multi-objective choice: "knee" (Pareto point nearest the ideal of best accuracy at least

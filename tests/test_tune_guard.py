@@ -114,3 +114,27 @@ def test_a_real_study_stops_the_trial_that_would_overrun_its_budget(prepared, me
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.params["train.batch_size"] == 8
     assert stopped.user_attrs["energy_kwh"] > 0
     assert m["search_energy_kwh"] == pytest.approx(sum(t.user_attrs["energy_kwh"] for t in study.get_trials()))
+
+
+def test_asha_keeps_only_the_best_third_at_each_rung_from_the_first_trials_on(tiny_params):
+    """``pruner: asha``: at the rung of ``warmup_epochs`` epochs (and 3x, 9x that) a trial goes on
+    only if it is within the best third of the trials that reached the rung; the first trial,
+    alone at its rung, goes on; between rungs nothing is pruned."""
+    params = tiny_params(**{"tune.search.pruner": "asha", "tune.search.warmup_epochs": 2,
+                            "tune.search.max_epochs": 20})
+    study = optuna.create_study(direction="maximize", pruner=st.make_pruner(params))
+
+    def pruned_at(rung_acc: float, step: int = 2) -> bool:
+        t = study.ask()
+        t.report(0.0, 1)
+        assert not t.should_prune()  # before the first rung
+        t.report(rung_acc, step)
+        verdict = t.should_prune()
+        study.tell(t, state=optuna.trial.TrialState.PRUNED) if verdict else study.tell(t, rung_acc)
+        return verdict
+
+    assert not pruned_at(0.5)  # alone at the rung
+    assert pruned_at(0.3)  # of two, only the best goes on
+    assert not pruned_at(0.9)
+    assert pruned_at(0.6)  # 4 at the rung: the best one (0.9) only
+    assert not pruned_at(0.95)

@@ -140,6 +140,8 @@ def make_pruner(params: Params):
     s = params.tune.search
     if s.pruner == "none" or s.objective != "accuracy":  # Optuna cannot prune multi-objective studies
         return optuna.pruners.NopPruner()
+    if s.pruner == "asha":  # successive halving: at 1, 3, 9... epochs only the best third goes on
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, s.warmup_epochs), reduction_factor=3)
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=s.max_epochs)
     return optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs)
