@@ -1,8 +1,8 @@
 """Energy a search spends before its first trial reaches a target validation accuracy.
 
-Two arms on the same family, space and seed, alternated: the configured search
-(``tune.search.objective``, ``sampler`` and ``pruner``, or ``--objective`` / ``--sampler`` /
-``--pruner``; with its energy budget and, for accuracy+energy, the Pareto pruner), started
+Arms on the same family, space and seed, alternated: the configured search
+(``tune.search.objective``, ``sampler`` and ``pruner``, or each ``--arm``; with its energy budget
+and, for accuracy+energy, the Pareto pruner), started
 cold -- no trial at the params.yaml point (``enqueue_baseline`` off), so nothing is known before
 the search -- and Optuna's RandomSampler without pruning. Params are params.yaml with
 ``--profile`` merged on top (default: the large search profile, the space a real search covers).
@@ -13,7 +13,7 @@ trials included; a study that never reaches it within ``--max-trials`` counts al
 Prints each pair, the median energy of each arm per family, and the median of the per-pair ratios
 (configured / random; lower is better) with their quartiles and range.
 
-    python benchmarks/search_energy.py [--target cnn=0.95 mlp=0.5] [--objective accuracy+energy] [--seeds 5] [--max-trials 20]
+    python benchmarks/search_energy.py [--target cnn=0.95 mlp=0.5] [--arm accuracy/tpe/asha ...] [--seeds 5] [--max-trials 20]
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _reached(trial: optuna.trial.FrozenTrial, target: float) -> bool:
 
 
 def _with_search(params, **changes):
-    search = params.tune.search.model_copy(update=changes)
+    search = type(params.tune.search).model_validate({**params.tune.search.model_dump(), **changes})
     return params.model_copy(update={"tune": params.tune.model_copy(update={"search": search})})
 
 
@@ -88,6 +88,14 @@ def _targets(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _arm(spec: str) -> tuple[str, dict]:
+    """``OBJECTIVE/SAMPLER/PRUNER`` (e.g. ``accuracy/tpe/asha``) as a name and params changes."""
+    parts = spec.split("/")
+    if len(parts) != 3:
+        raise SystemExit(f"--arm: {spec!r} is not OBJECTIVE/SAMPLER/PRUNER (e.g. accuracy/tpe/asha)")
+    return spec, dict(zip(("objective", "sampler", "pruner"), parts, strict=True))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml")
@@ -97,57 +105,62 @@ def main() -> None:
                     help="FAMILY=ACCURACY: the validation accuracy each family's search must reach")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--max-trials", type=int, default=20, help="a study that never reaches the target stops here")
-    ap.add_argument("--sampler", choices=["tpe", "random"], help="the configured arm's sampler (default: params)")
-    ap.add_argument("--pruner", help="the configured arm's pruner (default: params)")
-    ap.add_argument("--objective", choices=["accuracy", "accuracy+energy"],
-                    help="the configured arm's objective (default: params)")
+    ap.add_argument("--arm", action="append", type=_arm,
+                    help="a search to compare with random, OBJECTIVE/SAMPLER/PRUNER (repeat for more; "
+                         "default: the params' own)")
     args = ap.parse_args()
     targets = _targets(args.target)
 
     root = Path(__file__).resolve().parents[1]
     profiles = args.profile if args.profile is not None else [root / "profiles" / "search-large.yaml"]
-    params = load_params(args.params, tuple(profiles))
-    params = _with_search(params, enqueue_baseline=False, **{
-        k: v for k, v in (("sampler", args.sampler), ("pruner", args.pruner), ("objective", args.objective)) if v})
+    params = _with_search(load_params(args.params, tuple(profiles)), enqueue_baseline=False)
+    s = params.tune.search
+    configured = dict(args.arm or [_arm(f"{s.objective}/{s.sampler}/{s.pruner}")])
+    for name, changes in configured.items():  # a bad arm fails before any trial
+        try:
+            _with_search(params, **changes)
+        except ValueError as err:
+            raise SystemExit(f"--arm {name}: {err}") from None
     prepared = prepare(params)
     os.chdir(tempfile.mkdtemp(prefix="search-bench-"))
     for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI"):
         os.environ.pop(var, None)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     meter = EnergyMeter(params.energy).prewarm()
-    s = params.tune.search
     print(f"targets {targets}, per-trial epochs {s.max_epochs}, profiles {[str(p) for p in profiles]}; "
-          f"energy: the pipeline's meter (CodeCarbon; each trial's method in its MLflow run)\nconfigured: "
-          f"{s.objective} objective, {s.sampler} sampler + {s.pruner} pruner "
-          f"(startup {s.startup_trials}, warm-up {s.warmup_epochs} epochs), cold start; "
-          f"against: random sampler, no pruning\n", flush=True)
-    arms = ["configured", "random"]
+          f"energy: the pipeline's meter (CodeCarbon; each trial's method in its MLflow run)\n"
+          f"searches (objective/sampler/pruner; startup {s.startup_trials} trials, warm-up {s.warmup_epochs} "
+          f"epochs), cold start: {', '.join(configured)}; against: random sampler, no pruning\n", flush=True)
+    arms = [*configured, "random"]
     joules: dict[tuple[str, str], list[float]] = {}
-    ratios: list[float] = []
+    ratios: dict[str, list[float]] = {a: [] for a in configured}
     for family, target in targets.items():
         for seed in range(args.seeds):
             p = params.model_copy(update={"base": params.base.model_copy(update={"seed": params.base.seed + seed})})
-            pair = {}
-            for name in arms if seed % 2 == 0 else arms[::-1]:  # alternated: neither arm always first
-                arm = p
+            got = {}
+            for name in arms[seed % len(arms):] + arms[:seed % len(arms)]:  # rotated: no arm always first
                 if name == "random":
                     sampler, pruner = optuna.samplers.RandomSampler(seed=p.base.seed), optuna.pruners.NopPruner()
                     arm = _with_search(p, objective="accuracy", pruner="none", energy_budget_kwh=None)  # nor the guard's stops
                 else:
-                    sampler, pruner = st.make_sampler(p), st.make_pruner(p)
+                    arm = _with_search(p, **configured[name])
+                    sampler, pruner = st.make_sampler(arm), st.make_pruner(arm)
                 j, n, reached = energy_to_target(arm, family, prepared, meter, sampler, pruner, target, args.max_trials)
-                pair[name] = j
+                got[name] = j
                 joules.setdefault((family, name), []).append(j)
-                print(f"{family} seed {seed} {name:10} {j:8.1f} J over {n:2d} trials"
+                print(f"{family} seed {seed} {name:30} {j:8.1f} J over {n:2d} trials"
                       f"{'' if reached else '  (target not reached: energy of all trials)'}", flush=True)
-            ratios.append(pair["configured"] / pair["random"])
-            print(f"{family} seed {seed} ratio {ratios[-1]:.3f}", flush=True)
+            for name in configured:
+                ratios[name].append(got[name] / got["random"])
+            print(f"{family} seed {seed} ratios to random: "
+                  + ", ".join(f"{name} {r[-1]:.3f}" for name, r in ratios.items()), flush=True)
     print("\nmedian energy to target [range]:")
     for family in targets:
         print(f"  {family}: " + ", ".join(f"{a} {summary(joules[(family, a)], 'J')}" for a in arms))
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
-    print(f"ratio configured / random over {len(ratios)} pairs: median {statistics.median(ratios):.3f}, "
-          f"quartiles {q1:.3f}-{q3:.3f}, range {min(ratios):.3f}-{max(ratios):.3f} (goal: median <= 0.5)")
+    for name, r in ratios.items():
+        q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else (r[0],) * 3
+        print(f"ratio {name} / random over {len(r)} pairs: median {statistics.median(r):.3f}, "
+              f"quartiles {q1:.3f}-{q3:.3f}, range {min(r):.3f}-{max(r):.3f} (goal: median <= 0.5)")
 
 
 if __name__ == "__main__":
