@@ -1,19 +1,19 @@
 """Energy a search spends before its first trial reaches a target validation accuracy.
 
-Arms on the same family, space and seed, alternated: the configured search
-(``tune.search.objective``, ``sampler`` and ``pruner``, or each ``--arm``; with its energy budget
-and, for accuracy+energy, the Pareto pruner), started
-cold -- no trial at the params.yaml point (``enqueue_baseline`` off), so nothing is known before
-the search -- and Optuna's RandomSampler without pruning. Params are params.yaml with
+Arms on the same family, space and seed, rotated: each configured search (``tune.search``, or each
+``--arm``'s changes to it; with its energy budget and, for accuracy+energy, the Pareto pruner),
+started cold -- no trial at the params.yaml point (``enqueue_baseline`` off), so nothing is known
+before the search -- and Optuna's RandomSampler without pruning. Params are params.yaml with
 ``--profile`` merged on top (default: the large search profile, the space a real search covers).
-Every trial is the pipeline's real trial (Lightning + CodeCarbon + MLflow, into a temporary
-store). Energy counted: every trial up to the moment the first one reaches
-the target (that trial stops at the end of the epoch where it got there, in both arms), pruned
-trials included; a study that never reaches it within ``--max-trials`` counts all its trials.
-Prints each pair, the median energy of each arm per family, and the median of the per-pair ratios
-(configured / random; lower is better) with their quartiles and range.
+Every trial is the pipeline's real trial (Lightning + CodeCarbon + MLflow, into a temporary store).
+Energy counted: every trial up to the moment the first one reaches the target (that trial stops at
+the end of the epoch where it got there, in every arm), pruned trials included; a study that never
+reaches it within ``--max-trials`` counts all its trials. Prints each run, the median energy of each
+arm per family, and the median of the per-pair ratios (configured / random; lower is better) with
+their quartiles and range.
 
-    python benchmarks/search_energy.py [--target cnn=0.95 mlp=0.5] [--arm accuracy/tpe/asha ...] [--seeds 5] [--max-trials 20]
+    python benchmarks/search_energy.py [--target cnn=0.95 mlp=0.5] [--seeds 5] [--max-trials 20]
+        [--arm pruner=asha,startup_trials=2 ...]
 """
 from __future__ import annotations
 
@@ -89,11 +89,14 @@ def _targets(items: list[str]) -> dict[str, float]:
 
 
 def _arm(spec: str) -> tuple[str, dict]:
-    """``OBJECTIVE/SAMPLER/PRUNER`` (e.g. ``accuracy/tpe/asha``) as a name and params changes."""
-    parts = spec.split("/")
-    if len(parts) != 3:
-        raise SystemExit(f"--arm: {spec!r} is not OBJECTIVE/SAMPLER/PRUNER (e.g. accuracy/tpe/asha)")
-    return spec, dict(zip(("objective", "sampler", "pruner"), parts, strict=True))
+    """``key=value,...`` over ``tune.search`` (e.g. ``pruner=asha,startup_trials=2``): a name and changes."""
+    changes = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--arm: {item!r} is not KEY=VALUE (keys of tune.search, e.g. pruner=asha)")
+        changes[key.strip()] = value.strip()
+    return spec, changes
 
 
 def main() -> None:
@@ -106,8 +109,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--max-trials", type=int, default=20, help="a study that never reaches the target stops here")
     ap.add_argument("--arm", action="append", type=_arm,
-                    help="a search to compare with random, OBJECTIVE/SAMPLER/PRUNER (repeat for more; "
-                         "default: the params' own)")
+                    help="a search to compare with random: KEY=VALUE,... over tune.search (e.g. "
+                         "pruner=asha,startup_trials=2; repeat for more; default: the params' own)")
     args = ap.parse_args()
     targets = _targets(args.target)
 
@@ -115,7 +118,7 @@ def main() -> None:
     profiles = args.profile if args.profile is not None else [root / "profiles" / "search-large.yaml"]
     params = _with_search(load_params(args.params, tuple(profiles)), enqueue_baseline=False)
     s = params.tune.search
-    configured = dict(args.arm or [_arm(f"{s.objective}/{s.sampler}/{s.pruner}")])
+    configured = dict(args.arm or [_arm(f"objective={s.objective},sampler={s.sampler},pruner={s.pruner}")])
     for name, changes in configured.items():  # a bad arm fails before any trial
         try:
             _with_search(params, **changes)
@@ -129,8 +132,9 @@ def main() -> None:
     meter = EnergyMeter(params.energy).prewarm()
     print(f"targets {targets}, per-trial epochs {s.max_epochs}, profiles {[str(p) for p in profiles]}; "
           f"energy: the pipeline's meter (CodeCarbon; each trial's method in its MLflow run)\n"
-          f"searches (objective/sampler/pruner; startup {s.startup_trials} trials, warm-up {s.warmup_epochs} "
-          f"epochs), cold start: {', '.join(configured)}; against: random sampler, no pruning\n", flush=True)
+          f"searches (from {s.objective}, {s.sampler} sampler, {s.pruner} pruner, startup "
+          f"{s.startup_trials} trials, warm-up {s.warmup_epochs} epochs), cold start: {'; '.join(configured)}; "
+          f"against: random sampler, no pruning\n", flush=True)
     arms = [*configured, "random"]
     joules: dict[tuple[str, str], list[float]] = {}
     ratios: dict[str, list[float]] = {a: [] for a in configured}
