@@ -1,13 +1,16 @@
-"""Time ``python -m pipeline compare`` over a store of 1,000 runs (target: at most 10 s).
+"""Time ``python -m pipeline compare`` over a store of 1,000 runs (target: at most 10 s), or several.
 
 Builds a temporary MLflow store (SQLite, on /dev/shm when it exists so that building it is not
 bound by disk syncs) holding runs shaped like the pipeline's: per DVC experiment and family, a
 baseline training run with its evaluation, a search study with two nested trials, and the tuned
 refit with its evaluation (7 runs), each with the pipeline's metric names, per-epoch histories,
 params and tags. Then runs the real command end to end (a fresh interpreter: imports, query,
-figures, HTML, Markdown, CSV) ``--repeat`` times and prints each wall time and the median.
+figures, HTML, Markdown, CSV) ``--repeat`` times and prints each wall time and the median [range].
+With several ``--runs`` sizes, the sizes are timed alternately and the ratio of the largest's median
+to the smallest's is printed beside the ratio of their sizes (linear cost or better: not above it).
 
     python benchmarks/compare_runs.py                 # 1,000 runs, 3 timed repeats
+    python benchmarks/compare_runs.py --runs 1000 10000   # how the time grows with the store
     python benchmarks/compare_runs.py --runs 200 --keep /tmp/store   # keep the store to reuse it
 """
 from __future__ import annotations
@@ -24,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import ROOT, summary  # noqa: E402
+
 FAMILIES = ("mlp", "cnn", "rnn", "transformer")
 TARGET_S = 10.0
 METHOD = "cpu=estimate:cpu_load*tdp;ram=estimate;gpu=none"
@@ -128,37 +134,50 @@ def time_compare(uri: str, out: Path) -> tuple[float, float, subprocess.Complete
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=1000, help="runs in the store (default 1000)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs of the command (default 3)")
-    ap.add_argument("--keep", type=Path, help="build the store in this folder and keep it (reused if it exists)")
+    ap.add_argument("--runs", type=int, nargs="+", default=[1000],
+                    help="runs in the store; several sizes are timed alternately (default 1000)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of the command per size (default 3)")
+    ap.add_argument("--keep", type=Path, help="build the stores in this folder and keep them (reused if they exist)")
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
     work = args.keep or Path(tempfile.mkdtemp(prefix="compare-bench-", dir=base))
-    work.mkdir(parents=True, exist_ok=True)
-    db = work / "mlflow.db"
-    uri = f"sqlite:///{db}"
+    sizes = sorted(set(args.runs))
     try:
-        if not db.exists():
-            t0 = time.perf_counter()
-            made = build_store(uri, args.runs)
-            print(f"built {made} runs in {time.perf_counter() - t0:.1f} s ({db})", flush=True)
-        times, cpus = [], []
+        uris = {}
+        for n in sizes:
+            folder = work / f"runs-{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            db = folder / "mlflow.db"
+            uris[n] = f"sqlite:///{db}"
+            if not db.exists():
+                t0 = time.perf_counter()
+                made = build_store(uris[n], n)
+                print(f"built {made} runs in {time.perf_counter() - t0:.1f} s ({db})", flush=True)
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        cpus: dict[int, list[float]] = {n: [] for n in sizes}
         for i in range(args.repeat):
-            seconds, cpu, proc = time_compare(uri, work / "reports")
-            if proc.returncode != 0:
-                print(proc.stdout, proc.stderr, sep="\n", file=sys.stderr)
-                return 1
-            times.append(seconds)
-            cpus.append(cpu)
-            print(f"compare run {i + 1}: {seconds:.2f} s wall, {cpu:.2f} s CPU  ({proc.stdout.strip().splitlines()[0]})",
-                  flush=True)
-        median = statistics.median(times)
-        verdict = "meets" if median <= TARGET_S else "MISSES"
+            for n in sizes:  # alternated: a drift of the machine's speed reaches every size alike
+                seconds, cpu, proc = time_compare(uris[n], work / f"runs-{n}" / "reports")
+                if proc.returncode != 0:
+                    print(proc.stdout, proc.stderr, sep="\n", file=sys.stderr)
+                    return 1
+                times[n].append(seconds)
+                cpus[n].append(cpu)
+                print(f"{n} runs, compare {i + 1}: {seconds:.2f} s wall, {cpu:.2f} s CPU  "
+                      f"({proc.stdout.strip().splitlines()[0]})", flush=True)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"compare over {args.runs} runs: median {median:.2f} s wall of {len(times)} (min {min(times):.2f}, "
-              f"max {max(times):.2f}), median {statistics.median(cpus):.2f} s CPU; {verdict} the {TARGET_S:.0f} s "
-              f"target (load average {load:.1f} on {os.cpu_count()} cores)")
+        print(f"\nload average {load:.1f} on {os.cpu_count()} cores")
+        for n in sizes:
+            median = statistics.median(times[n])
+            verdict = "meets" if median <= TARGET_S else "MISSES"
+            print(f"compare over {n} runs: {summary(times[n], 's wall', 2)}, {summary(cpus[n], 's CPU', 2)}; "
+                  f"{verdict} the {TARGET_S:.0f} s target")
+        small, large = sizes[0], sizes[-1]
+        if large > small:
+            ratio = statistics.median(times[large]) / statistics.median(times[small])
+            print(f"{large} runs / {small} runs: {ratio:.2f}x the time for {large / small:.0f}x the runs "
+                  f"(linear or better: <= {large / small:.0f}x)")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
