@@ -1,0 +1,82 @@
+"""Time ``dvc repro`` when nothing changed (goal: at most 1.5 s).
+
+Builds a scratch git + DVC project from this one (pipeline/, examples/, dvc.yaml, params.yaml with
+``--profile`` files merged on top by ``python -m pipeline apply-profile``), shrunk so that its one
+full ``dvc repro`` takes minutes (600 MNIST-1D samples, 1-2 epochs, 2 trials: the stage graph is
+the profile's own, the work in each stage small). Then alternates ``--runs`` times the no-op
+``dvc repro`` with the floor ``dvc --version`` (DVC's own start) and prints both medians [range].
+
+    python benchmarks/noop_repro.py [--profile profiles/ucr.yaml] [--runs 5]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import ROOT, pipeline_env, summary  # noqa: E402
+
+# Small work, the same stages: what no-op repro costs depends on the graph, not on the work.
+SHRINK = {
+    "data": {"mnist1d": {"num_samples": 600}},
+    "train": {"max_epochs": 2, "early_stopping_patience": 0},
+    "evaluate": {"latency_samples": 10, "energy_min_duration_s": 0.2},
+    "tune": {"search": {"n_trials": 2, "max_epochs": 1, "startup_trials": 1, "warmup_epochs": 0}},
+    "compress": {"prune": {"finetune_epochs": 1}, "distill": {"epochs": 1}},
+}
+
+
+def _run(argv: list[str], cwd: Path, env: dict, timeout: float = 3600) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", type=Path, action="append", default=[], help="profile merged into params.yaml")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch project (its path is printed)")
+    args = ap.parse_args()
+
+    d = Path(tempfile.mkdtemp(prefix="noop-repro-"))
+    env = pipeline_env(DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    for code in ("pipeline", "examples"):
+        shutil.copytree(ROOT / code, d / code, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
+    shrink = d / "shrink.yaml"
+    shrink.write_text(yaml.safe_dump(SHRINK))
+    profiles = [p.resolve() for p in args.profile]
+    _run([sys.executable, "-m", "pipeline", "apply-profile", *map(str, profiles), str(shrink)], d, env)
+    (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+        _run(cmd, d, env)
+    stages = len(subprocess.run(["dvc", "stage", "list"], cwd=d, env=env, capture_output=True, text=True).stdout.splitlines())
+    print(f"{d}: {stages} stages ({', '.join(map(str, profiles)) or 'params.yaml'}); first dvc repro ...", flush=True)
+    print(f"first dvc repro: {_run(['dvc', 'repro'], d, env):.0f} s", flush=True)
+    noop, floor = [], []
+    for i in range(args.runs):
+        floor.append(_run(["dvc", "--version"], d, env))
+        noop.append(_run(["dvc", "repro"], d, env))
+        print(f"run {i + 1}: dvc --version {floor[-1]:.2f} s, no-op dvc repro {noop[-1]:.2f} s", flush=True)
+    print(f"\nno-op `dvc repro` over {stages} stages: {summary(noop, 's', 2)} (goal: <= 1.5 s)")
+    print(f"`dvc --version` (DVC's start): {summary(floor, 's', 2)}")
+    if not args.keep:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
