@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline import paths
+from pipeline import interrupts, paths
 from pipeline.compression import measure
 from pipeline.compression.artifact import load_variant, save_variant
 from pipeline.compression.distill import DistillClassifier, student_name, student_spec
@@ -413,6 +413,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
     plans, skipped = plan_variants(ctx)  # bad params fail here, before any work or run
 
     out_root = paths.compressed_dir(family, source)
+    interrupts.defer()  # writing from here: a signal is raised at the next check, what was written removed
     if out_root.exists():
         shutil.rmtree(out_root)
     out_root.mkdir(parents=True)
