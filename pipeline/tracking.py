@@ -424,6 +424,17 @@ def _context(tags: dict[str, Any]) -> str:
     return "evaluation" if tags.get("stage") == "evaluate" else "training"
 
 
+def running_runs_tagged(cfg: TrackingCfg, tags: dict[str, Any]) -> list[str]:
+    """Ids of the experiment's RUNNING runs that carry all of ``tags`` (a dead process's runs,
+    found by what they were tagged with when created)."""
+    client, _ = client_for(cfg)
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is None:
+        return []
+    where = " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
+    return [r.info.run_id for r in client.search_runs([exp.experiment_id], where)]
+
+
 def end_dangling_run(cfg: TrackingCfg, run_id: str, error: str) -> bool:
     """End a run whose process died without ending it (SIGKILL, power loss) as KILLED, with
     ``error`` as its tag. Returns False if the run had ended already."""

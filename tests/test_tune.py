@@ -343,3 +343,23 @@ def test_killed_worker_is_retried_and_two_commands_finish_exactly_n(workdir, met
     counted = [r for r in runs if r.data.tags.get("role") == "trial" and r.info.status == "FINISHED"
                and r.data.tags.get("trial_state") != "FAIL"]
     assert len(counted) == 4
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_workers_run_is_ended_even_before_its_trial_knew_it(workdir):
+    """A worker killed after creating its trial's MLflow run but before recording the run's id on
+    the trial: when the heartbeat fails the trial, the run is found by its study and trial-number
+    tags and ended KILLED, not left RUNNING; runs of other trials are left alone."""
+    from pipeline.tracking import create_run
+
+    params = tune_params()
+    study = optuna.create_study(study_name="s-1")
+    trial = study.ask()
+    orphan = create_run(params.tracking, "trial-mlp-0", {"study": "s-1", "trial_number": trial.number})
+    other = create_run(params.tracking, "trial-mlp-1", {"study": "s-1", "trial_number": trial.number + 1})
+    st.StaleTrialCallback(params.tracking)(study, study.trials[0])
+    client, _ = client_for(params.tracking)
+    run = client.get_run(orphan)
+    assert run.info.status == "KILLED"
+    assert "heartbeat" in run.data.tags["error"]
+    assert client.get_run(other).info.status == "RUNNING"

@@ -37,17 +37,25 @@ class StaleTrialCallback:
 
     def __call__(self, study: optuna.Study, trial) -> None:
         self.retry(study, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if self.tracking is not None and run_id:
-            from pipeline.tracking import end_dangling_run, tag_run
+        if self.tracking is None:
+            return
+        from pipeline.tracking import end_dangling_run, running_runs_tagged, tag_run
 
-            if not end_dangling_run(self.tracking, run_id, "worker died: trial failed by the storage heartbeat, retried"):
-                # Its run had ended: the worker died after it and before the study recorded the
-                # trial. The run's figures stand; the trial does not count, and was retried.
-                tag_run(self.tracking, run_id, {
-                    "trial_state": "FAIL",
-                    "error": "worker died after this run ended, before the study recorded the trial: failed by the "
-                             "storage heartbeat, retried"})
+        why = "worker died: trial failed by the storage heartbeat, retried"
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            # Killed between creating its run and recording the run's id on the trial: the run is
+            # found by the study and trial number it was tagged with.
+            for dangling in running_runs_tagged(self.tracking, {"study": study.study_name, "trial_number": trial.number}):
+                end_dangling_run(self.tracking, dangling, why)
+            return
+        if not end_dangling_run(self.tracking, run_id, why):
+            # Its run had ended: the worker died after it and before the study recorded the
+            # trial. The run's figures stand; the trial does not count, and was retried.
+            tag_run(self.tracking, run_id, {
+                "trial_state": "FAIL",
+                "error": "worker died after this run ended, before the study recorded the trial: failed by the "
+                         "storage heartbeat, retried"})
 
 
 def fail_silent_trials(study: optuna.Study, grace_s: float) -> list[int]:
