@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +23,13 @@ def summary(values: list[float], unit: str, digits: int = 1) -> str:
     if not values:
         return "not measured"
     return f"{statistics.median(values):.{digits}f} {unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def timed_run(argv: list[str], cwd: Path, env: dict, timeout: float = 3600) -> tuple[float, str]:
+    """(wall seconds, stdout) of a command that must succeed; its output ends the script if not."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return wall, proc.stdout

@@ -15,14 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, pipeline_env, summary  # noqa: E402
+from benchmarks._common import ROOT, pipeline_env, summary, timed_run  # noqa: E402
 
 # Small work, the same stages: what no-op repro costs depends on the graph, not on the work.
 SHRINK = {
@@ -32,14 +31,6 @@ SHRINK = {
     "tune": {"search": {"n_trials": 2, "max_epochs": 1, "startup_trials": 1, "warmup_epochs": 0}},
     "compress": {"prune": {"finetune_epochs": 1}, "distill": {"epochs": 1}},
 }
-
-
-def _run(argv: list[str], cwd: Path, env: dict, timeout: float = 3600) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -59,18 +50,18 @@ def main() -> None:
     shrink = d / "shrink.yaml"
     shrink.write_text(yaml.safe_dump(SHRINK))
     profiles = [p.resolve() for p in args.profile]
-    _run([sys.executable, "-m", "pipeline", "apply-profile", *map(str, profiles), str(shrink)], d, env)
+    timed_run([sys.executable, "-m", "pipeline", "apply-profile", *map(str, profiles), str(shrink)], d, env)
     (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "init"]):
-        _run(cmd, d, env)
+        timed_run(cmd, d, env)
     stages = len(subprocess.run(["dvc", "stage", "list"], cwd=d, env=env, capture_output=True, text=True).stdout.splitlines())
     print(f"{d}: {stages} stages ({', '.join(map(str, profiles)) or 'params.yaml'}); first dvc repro ...", flush=True)
-    print(f"first dvc repro: {_run(['dvc', 'repro'], d, env):.0f} s", flush=True)
+    print(f"first dvc repro: {timed_run(['dvc', 'repro'], d, env)[0]:.0f} s", flush=True)
     noop, floor = [], []
     for i in range(args.runs):
-        floor.append(_run(["dvc", "--version"], d, env))
-        noop.append(_run(["dvc", "repro"], d, env))
+        floor.append(timed_run(["dvc", "--version"], d, env)[0])
+        noop.append(timed_run(["dvc", "repro"], d, env)[0])
         print(f"run {i + 1}: dvc --version {floor[-1]:.2f} s, no-op dvc repro {noop[-1]:.2f} s", flush=True)
     print(f"\nno-op `dvc repro` over {stages} stages: {summary(noop, 's', 2)} (goal: <= 1.5 s)")
     print(f"`dvc --version` (DVC's start): {summary(floor, 's', 2)}")

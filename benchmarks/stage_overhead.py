@@ -17,27 +17,16 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, pipeline_env, summary  # noqa: E402
+from benchmarks._common import ROOT, pipeline_env, summary, timed_run  # noqa: E402
 
 FLOOR = "import torch, lightning, mlflow, codecarbon"
 TRAINED = re.compile(r"^trained \S+: .*?, ([0-9.]+) s, ", re.M)
-
-
-def _wall(argv: list[str], cwd: Path, env: dict) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return wall, proc.stdout
 
 
 def main() -> None:
@@ -50,11 +39,11 @@ def main() -> None:
     d = Path(tempfile.mkdtemp(prefix="stage-overhead-"))
     shutil.copy(args.params, d / "params.yaml")
     env = pipeline_env()
-    _wall([sys.executable, "-m", "pipeline", "prepare"], d, env)
+    timed_run([sys.executable, "-m", "pipeline", "prepare"], d, env)
     floors, stages, fixed = [], [], []
     for i in range(args.runs):
-        floor, _ = _wall([sys.executable, "-c", FLOOR], d, env)
-        wall, out = _wall([sys.executable, "-m", "pipeline", "train", "--family", args.family], d, env)
+        floor, _ = timed_run([sys.executable, "-c", FLOOR], d, env)
+        wall, out = timed_run([sys.executable, "-m", "pipeline", "train", "--family", args.family], d, env)
         m = TRAINED.search(out)
         if not m:
             raise SystemExit(f"no training time in the stage's output:\n{out}")

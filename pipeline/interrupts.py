@@ -17,9 +17,9 @@ exited after printing "interrupted"; between ``study.ask()`` and the objective's
 stayed RUNNING until the heartbeat failed it, so it was neither counted nor marked interrupted.
 Neither can happen when the exception is raised only from our own code.
 
-Nor does start-up raise from the handler: raised inside an import, the exception was swallowed
-by libraries' broad ``except`` clauses (the command then ran on, importing and training, for 30 s
-beside busy cores), left half-imported modules that failed later with unrelated errors, and,
+Nor does start-up raise from the handler: raised inside an import, the exception was swallowed by
+libraries' broad ``except`` clauses (the command then ran on, importing and training, for 3 s and
+more beside busy cores), left half-imported modules that failed later with unrelated errors, and,
 inside Python's import machinery, the import lock held (a hang at exit).
 
 Lightning turns a ``KeyboardInterrupt`` inside ``Trainer.fit`` into ``sys.exit(1)`` (and a SIGTERM
