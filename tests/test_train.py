@@ -245,3 +245,44 @@ def test_optimizers_by_name_or_import_path_and_a_scheduler(tiny_params, prepared
     assert logged["train.scheduler.target"] == "torch.optim.lr_scheduler:StepLR"
     assert (logged.get("train.optimizer") or logged.get("train.optimizer.target")) in (optimizer, "torch.optim:NAdam")
     assert run.data.metrics["lr"] == pytest.approx(0.01 * 0.5)  # the second epoch's, after one step
+
+
+def test_whole_epochs_train_exactly_as_lightnings_batch_by_batch_loop(tiny_params, prepared):
+    """One process hands Lightning one item per epoch (``WholeEpochs``) and steps through the
+    epoch's mini-batches itself; a DDP rank takes them one by one through Lightning's loop. From
+    the same seed both make the same optimizer steps: same step count, same weights, same epoch
+    metrics."""
+    import lightning.pytorch as pl
+
+    from pipeline.models.factory import build_model
+    from pipeline.training.data import TensorBatches, WholeEpochs, split_tensors
+    from pipeline.training.module import Classifier
+    from pipeline.training.train import model_spec, quiet_lightning, torch_flags_restored
+
+    quiet_lightning()
+    params = tiny_params()
+    spec = model_spec(params, "cnn", prepared)
+
+    def train(wrap):
+        torch.manual_seed(0)
+        module = Classifier(build_model(spec), spec.num_classes, params.train)
+        train = TensorBatches(*split_tensors(prepared, "train"), 16, shuffle=True, seed=3)
+        val = TensorBatches(*split_tensors(prepared, "val"), 64, shuffle=False)
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        metrics = []
+
+        class Keep(pl.Callback):
+            def on_train_epoch_end(self, trainer, module):
+                metrics.append(module.compute_train_metrics())
+
+        trainer.callbacks.append(Keep())
+        with torch_flags_restored():
+            trainer.fit(module, train_dataloaders=wrap(train), val_dataloaders=val)
+        return trainer.global_step, module.model.state_dict(), metrics, module.last_val
+
+    steps_e, weights_e, metrics_e, val_e = train(WholeEpochs)
+    steps_b, weights_b, metrics_b, val_b = train(lambda batches: batches)
+    assert steps_e == steps_b == 2 * -(-len(prepared.arrays["y_train"]) // 16)
+    assert all(torch.equal(weights_e[k], weights_b[k]) for k in weights_b)
+    assert metrics_e == metrics_b and val_e == val_b

@@ -6,8 +6,12 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from pipeline.config import TrainCfg
+
+if TYPE_CHECKING:
+    from pipeline.training.data import Batches
 
 
 class _KeepBest:
@@ -39,7 +43,7 @@ def train_cfg(lr: float, batch_size: int, epochs: int) -> TrainCfg:
     return TrainCfg(optimizer="adam", lr=lr, batch_size=batch_size, max_epochs=epochs, early_stopping_patience=0)
 
 
-def fit_module(module, train_batches: Iterable, val_batches: Iterable, epochs: int, seed: int) -> list[dict]:
+def fit_module(module, train_batches: Batches, val_batches: Iterable, epochs: int, seed: int) -> list[dict]:
     """Train ``module`` (a ``Classifier``) for ``epochs``; restore its best-val/acc weights.
     Returns the per-epoch history (train/loss, train/acc, val/acc, val/loss)."""
     from pipeline.training.train import quiet_lightning, torch_flags_restored
@@ -49,8 +53,10 @@ def fit_module(module, train_batches: Iterable, val_batches: Iterable, epochs: i
         return _fit(module, train_batches, val_batches, epochs, seed)
 
 
-def _fit(module, train_batches: Iterable, val_batches: Iterable, epochs: int, seed: int) -> list[dict]:
+def _fit(module, train_batches: Batches, val_batches: Iterable, epochs: int, seed: int) -> list[dict]:
     import lightning.pytorch as pl
+
+    from pipeline.training.data import WholeEpochs
 
     pl.seed_everything(seed, workers=True, verbose=False)
     keep = _KeepBest()
@@ -62,7 +68,7 @@ def _fit(module, train_batches: Iterable, val_batches: Iterable, epochs: int, se
     )
     module.train()  # Lightning keeps each submodule's mode: a copy of an eval-mode model would train without dropout
     try:
-        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+        trainer.fit(module, train_dataloaders=WholeEpochs(train_batches), val_dataloaders=val_batches)
     except SystemExit as exit_:  # Lightning turns Ctrl-C / SIGTERM into an exit: give the interrupt back
         from pipeline.interrupts import reraise_interrupt
 

@@ -54,6 +54,24 @@ class Batches:
             yield tuple(t[i:i + self.batch_size] for t in tensors)
 
 
+class WholeEpochs:
+    """A training loader of one item per epoch: the epoch's mini-batches (a ``Batches``), which
+    the ``Classifier`` steps through itself. Lightning's per-batch machinery (fetching, moving,
+    hooks, progress tracking) then runs once per epoch instead of once per optimizer step: about
+    1 ms a step on a 2-core CPU, as much as a small model's whole step
+    (benchmarks/training_overhead.py). One process only: under DDP each optimizer step must be a
+    forward through the DDP wrapper, so distributed runs take the mini-batches one by one."""
+
+    def __init__(self, batches: Batches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield self.batches
+
+
 class TensorBatches(Batches):
     """(x, y) mini-batches: ``Batches((x, y), ...)``."""
 
@@ -79,8 +97,10 @@ class PreparedDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self):
-        return TensorBatches(*split_tensors(self.prepared, "train"), self.batch_size, shuffle=True, seed=self.seed,
-                             shard=self._shard())
+        shard = self._shard()
+        batches = TensorBatches(*split_tensors(self.prepared, "train"), self.batch_size, shuffle=True, seed=self.seed,
+                                shard=shard)
+        return batches if shard[1] > 1 else WholeEpochs(batches)
 
     def val_dataloader(self):
         return TensorBatches(*split_tensors(self.prepared, "val"), self.eval_batch_size, shuffle=False,

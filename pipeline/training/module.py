@@ -14,6 +14,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 from pipeline import interrupts
 from pipeline.config import TrainCfg
 from pipeline.errors import NonFiniteLoss
+from pipeline.training.data import Batches
 
 
 def build_optimizer(params, cfg: TrainCfg) -> torch.optim.Optimizer:
@@ -101,9 +102,18 @@ class Classifier(pl.LightningModule):
         return nn.functional.cross_entropy(logits, y)
 
     def training_step(self, batch, batch_idx):
+        """One mini-batch ``(x, y, *extra)``, or a whole epoch's (a ``Batches`` from ``WholeEpochs``)."""
+        opt = self.optimizers()
+        if isinstance(batch, Batches):
+            for mini in batch:
+                self.train_on(opt, [t.to(self.device, non_blocking=True) for t in mini])
+        else:
+            self.train_on(opt, batch)
+
+    def train_on(self, opt, batch) -> None:
+        """One optimizer step on one mini-batch; keeps its detached loss and predictions."""
         interrupts.check()
         x, y, *extra = batch
-        opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         logits = self.model(x)
         loss = self.loss(logits, y, extra)
@@ -116,7 +126,6 @@ class Classifier(pl.LightningModule):
         self._sizes.append(len(y))
         self._preds.append(logits.detach().argmax(1))
         self._targets.append(y)
-        return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
