@@ -1,5 +1,5 @@
 """What the benchmark scripts share: the project root, the environment a pipeline command runs
-in, and how a figure is printed (median [range])."""
+in, and how a figure is printed (median [range], or median [quartiles])."""
 from __future__ import annotations
 
 import os
@@ -23,6 +23,14 @@ def summary(values: list[float], unit: str, digits: int = 1) -> str:
     if not values:
         return "not measured"
     return f"{statistics.median(values):.{digits}f} {unit} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); one value is all three."""
+    if len(values) < 2:
+        return (values[0],) * 3
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
 
 
 def timed_run(argv: list[str], cwd: Path, env: dict, timeout: float = 3600) -> tuple[float, str]:

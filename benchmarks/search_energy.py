@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 
-from benchmarks._common import summary  # noqa: E402
+from benchmarks._common import quartiles, summary  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.prepare import prepare  # noqa: E402
 from pipeline.energy import J_PER_KWH, EnergyMeter  # noqa: E402
@@ -162,8 +161,8 @@ def main() -> None:
     for family in targets:
         print(f"  {family}: " + ", ".join(f"{a} {summary(joules[(family, a)], 'J')}" for a in arms))
     for name, r in ratios.items():
-        q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive") if len(r) > 1 else (r[0],) * 3
-        print(f"ratio {name} / random over {len(r)} pairs: median {statistics.median(r):.3f}, "
+        q1, median, q3 = quartiles(r)
+        print(f"ratio {name} / random over {len(r)} pairs: median {median:.3f}, "
               f"quartiles {q1:.3f}-{q3:.3f}, range {min(r):.3f}-{max(r):.3f} (goal: median <= 0.5)")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import quartiles  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.data.prepare import prepare  # noqa: E402
 from pipeline.energy import EnergyMeter  # noqa: E402
@@ -69,8 +69,8 @@ def pipeline_path(params, family, prepared, epochs: int, meter) -> tuple[float, 
 
 def spread(values: list[float]) -> str:
     """``median [first quartile-third quartile]``."""
-    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
-    return f"{statistics.median(values):.2f} [{q[0]:.2f}-{q[2]:.2f}]"
+    q1, median, q3 = quartiles(values)
+    return f"{median:.2f} [{q1:.2f}-{q3:.2f}]"
 
 
 def main() -> None:
