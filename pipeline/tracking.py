@@ -431,8 +431,11 @@ def running_runs_tagged(cfg: TrackingCfg, tags: dict[str, Any]) -> list[str]:
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is None:
         return []
-    where = " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
-    return [r.info.run_id for r in client.search_runs([exp.experiment_id], where)]
+    # Matched here, not in the filter string: tag values (a study name holds the experiment's) may
+    # hold quotes that MLflow's filter syntax cannot escape. RUNNING runs are few.
+    wanted = {k: str(v) for k, v in tags.items()}
+    return [r.info.run_id for r in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+            if all(r.data.tags.get(k) == v for k, v in wanted.items())]
 
 
 def end_dangling_run(cfg: TrackingCfg, run_id: str, error: str) -> bool:

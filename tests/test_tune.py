@@ -354,10 +354,11 @@ def test_a_dead_workers_run_is_ended_even_before_its_trial_knew_it(workdir):
     from pipeline.tracking import create_run
 
     params = tune_params()
-    study = optuna.create_study(study_name="s-1")
+    name = "O'Brien's experiment-mlp"  # study names embed the experiment's: quotes included
+    study = optuna.create_study(study_name=name)
     trial = study.ask()
-    orphan = create_run(params.tracking, "trial-mlp-0", {"study": "s-1", "trial_number": trial.number})
-    other = create_run(params.tracking, "trial-mlp-1", {"study": "s-1", "trial_number": trial.number + 1})
+    orphan = create_run(params.tracking, "trial-mlp-0", {"study": name, "trial_number": trial.number})
+    other = create_run(params.tracking, "trial-mlp-1", {"study": name, "trial_number": trial.number + 1})
     st.StaleTrialCallback(params.tracking)(study, study.trials[0])
     client, _ = client_for(params.tracking)
     run = client.get_run(orphan)
