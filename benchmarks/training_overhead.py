@@ -6,13 +6,18 @@ profiling + checkpoints + artifacts) and (b) by a hand-written loop. Each is tim
 count, alternated; it prints the ratio of the measured training loop to the bare loop, and of the
 whole training path (the MLflow run and the model's export around the loop) to it.
 
-    python benchmarks/training_overhead.py [--epochs 6] [--repeats 5] [--families mlp cnn rnn transformer]
+    python benchmarks/training_overhead.py [--epochs 6] [--repeats 5] [--families mlp cnn rnn transformer] [--parts]
+
+``--parts`` also prints, per family, the seconds per run of the loop's parts (the module's training
+and validation steps, the epoch-end recording, the checkpoint, and the rest of Lightning's fit),
+timed by perf counters wrapped around those methods.
 
 Writes into a temporary directory (its own MLflow store); nothing in the project changes.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
 import tempfile
@@ -67,6 +72,39 @@ def pipeline_path(params, family, prepared, epochs: int, meter) -> tuple[float, 
     return time.perf_counter() - t0, float(m["duration_s"]), int(m["steps"])
 
 
+# With --parts, the parts of the training loop timed by perf counters around these methods.
+PARTS = (
+    ("training steps", "pipeline.training.module:Classifier", "training_step"),
+    ("validation steps", "pipeline.training.module:Classifier", "validation_step"),
+    ("validation end", "pipeline.training.module:Classifier", "on_validation_epoch_end"),
+    ("epoch-end recording", "pipeline.training.callbacks:EpochRecorder", "on_train_epoch_end"),
+    ("checkpoint", "lightning.pytorch.callbacks:ModelCheckpoint", "on_train_epoch_end"),
+    ("checkpoint", "lightning.pytorch.callbacks:ModelCheckpoint", "on_validation_end"),
+    ("Lightning fit", "lightning.pytorch:Trainer", "fit"),
+)
+
+
+def time_parts() -> dict[str, float]:
+    """Wrap the methods of PARTS with perf counters; returns the dict their seconds add up in."""
+    import importlib
+
+    spent: dict[str, float] = collections.defaultdict(float)
+    for name, where, attr in PARTS:
+        module, cls_name = where.split(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        inner = getattr(cls, attr)
+
+        def timed(*args, _inner=inner, _name=name, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                spent[_name] += time.perf_counter() - t0
+
+        setattr(cls, attr, timed)
+    return spent
+
+
 def spread(values: list[float]) -> str:
     """``median [first quartile-third quartile]``."""
     q1, median, q3 = quartiles(values)
@@ -79,7 +117,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=5, help="alternated pairs of timings per family")
     ap.add_argument("--families", nargs="+", default=["mlp", "cnn", "rnn", "transformer"])
+    ap.add_argument("--parts", action="store_true",
+                    help="also time the parts of the training loop (perf counters around its methods)")
     args = ap.parse_args()
+    spent = time_parts() if args.parts else None
 
     params = load_params(args.params)
     prepared = prepare(params)
@@ -107,10 +148,15 @@ def main() -> None:
             bare_loop(params, family, prepared, 1)
             pipeline_path(params, family, prepared, 1, meter)
         bare, loop, whole = [], [], []
+        parts: dict[str, list[float]] = collections.defaultdict(list)
         for _ in range(args.repeats):  # alternated, so that drifts in machine speed hit both alike
             t, steps = bare_loop(params, family, prepared, args.epochs)
             bare.append(t)
+            if spent is not None:
+                spent.clear()
             t, measured, pipe_steps = pipeline_path(params, family, prepared, args.epochs, meter)
+            for name, seconds in (spent or {}).items():
+                parts[name].append(seconds)
             assert steps == pipe_steps, (steps, pipe_steps)
             loop.append(measured)
             whole.append(t)
@@ -119,6 +165,11 @@ def main() -> None:
         per_run = [a - b for a, b in zip(whole, loop, strict=True)]
         print(f"{family:12} {steps:5d} {spread(bare):>18} {spread(loop):>18} {spread(ratio_loop):>18} "
               f"{spread(whole):>18} {spread(ratio_whole):>18} {spread(per_run):>18}")
+        if parts:
+            inside = [f - sum(parts[n][i] for n in parts if n != "Lightning fit")
+                      for i, f in enumerate(parts["Lightning fit"])]
+            print(f"{'':12} per run, s: " + ", ".join(f"{n} {spread(v)}" for n, v in parts.items())
+                  + f", rest of Lightning fit {spread(inside)}")
     print(f"\n{args.epochs} epochs; median [quartiles] of {args.repeats} alternated pairs, ratios taken per pair. "
           "training loop: the block the pipeline measures (Lightning's fit: every step, the per-epoch validation, "
           "energy reading, MLflow logging and checkpoint); whole path: train_family (plus the MLflow run, "
