@@ -171,12 +171,22 @@ class Run:
         self._worker: threading.Thread | None = None
         self._worker_error: BaseException | None = None
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    def log(self, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+            tags: dict[str, Any] | None = None) -> None:
+        """Params (nested dicts flattened), metrics (step 0) and tags in one store write (a SQLite
+        commit is ~8 ms here), or in as few as MLflow's batch limits allow."""
+        from mlflow.entities import Metric, Param, RunTag
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self._client.log_batch(self.run_id, params=items[i:i + 100])
+        ps = [Param(k, str(v)[:6000]) for k, v in flatten(params or {}).items()]
+        ts = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items() if v is not None]
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+        while ps or ts or ms:  # MLflow's caps: 100 params, 100 tags, 1000 entries in all per batch
+            self._client.log_batch(self.run_id, params=ps[:100], metrics=ms[:800], tags=ts[:100])
+            ps, ms, ts = ps[100:], ms[800:], ts[100:]
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.log(params=params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, background: bool = False) -> None:
         """Log a batch of metrics. ``background=True`` hands the write to a worker thread, so a
@@ -259,11 +269,7 @@ class Run:
             raise err
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items() if v is not None]
-        if items:
-            self._client.log_batch(self.run_id, tags=items)
+        self.log(tags=tags)
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._client.log_artifact(self.run_id, str(path), artifact_path)
@@ -347,13 +353,11 @@ class NullRun(Run):
     def __init__(self):
         super().__init__(None, "")
 
-    def log_params(self, params: dict[str, Any]) -> None:
+    def log(self, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+            tags: dict[str, Any] | None = None) -> None:
         pass
 
     def log_steps(self, by_step: dict[int, dict[str, float]], background: bool = False) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
         pass
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:

@@ -135,23 +135,6 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("best*.ckpt") if is_global_zero() else ():  # rank 0 owns the outputs
         old.unlink()
-    run.log_params({
-        "family": family,
-        "model": spec.hparams,
-        "train": cfg.model_dump(),
-        "data": {"dataset": card["dataset"], "input_shape": card["input_shape"],
-                 "num_classes": card["num_classes"], "num_train": card["num_samples"]["train"]},
-        "seed": params.base.seed,
-        "energy.country_iso_code": params.energy.country_iso_code,
-    })
-    run.log_metrics({
-        "model/params_total": profile.params_total,
-        "model/param_bytes": profile.param_bytes,
-        "model/flops_per_sample_inference": profile.flops_per_sample_inference,
-        "model/flops_per_train_step": profile.flops_per_train_step,
-    })
-    run.set_tags({"flops_note": profile.flops_note})
-
     ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=SCORE, mode="max",
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
     callbacks = [ckpt, *extra_callbacks]
@@ -160,10 +143,26 @@ def fit(params: Params, family: str, prepared: Prepared, meter: EnergyMeter, run
     with cpu_slot():  # counted among the processes computing here while it trains
         threads, threads_why = share_threads(cfg.threads, beside=devices.processes_per_node)
         result.compute = {**devices.record(), "threads": threads}
-        run.log_params({"compute": result.compute})
-        run.set_tags({"threads_policy": threads_why})
+        run.log(  # one store write: what the run trains, where, and how it is measured
+            params={
+                "family": family,
+                "model": spec.hparams,
+                "train": cfg.model_dump(),
+                "data": {"dataset": card["dataset"], "input_shape": card["input_shape"],
+                         "num_classes": card["num_classes"], "num_train": card["num_samples"]["train"]},
+                "seed": params.base.seed,
+                "energy.country_iso_code": params.energy.country_iso_code,
+                "compute": result.compute,
+            },
+            metrics={
+                "model/params_total": profile.params_total,
+                "model/param_bytes": profile.param_bytes,
+                "model/flops_per_sample_inference": profile.flops_per_sample_inference,
+                "model/flops_per_train_step": profile.flops_per_train_step,
+            },
+            tags={"flops_note": profile.flops_note, "threads_policy": threads_why, **meter.tags()},
+        )
         with meter.measure() as measurement, torch_flags_restored():
-            run.set_tags(meter.tags())
             recorder = EpochRecorder(measurement, run, cfg.target_val_acc, threads=cfg.threads,
                                      max_epochs=cfg.max_epochs, patience=cfg.early_stopping_patience,
                                      val_samples=card["num_samples"]["val"])
