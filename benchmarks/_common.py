@@ -1,10 +1,14 @@
 """What the benchmark scripts share: the project root, the environment a pipeline command runs
-in, and how a figure is printed (median [range], or median [quartiles])."""
+in, a scratch git + DVC copy of the project, and how a figure is printed (median [range], or median
+[quartiles])."""
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,3 +45,30 @@ def timed_run(argv: list[str], cwd: Path, env: dict, timeout: float = 3600) -> t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return wall, proc.stdout
+
+
+def scratch_project(prefix: str, profiles: list[Path], extra: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """A scratch git + DVC project in a temporary folder: this project's code, dvc.yaml and
+    params.yaml with ``profiles`` (then the params file ``extra``) merged on top by ``python -m
+    pipeline apply-profile``, committed. Returns it and the environment to run commands in."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    env = pipeline_env(DVC_NO_ANALYTICS="1")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    for code in ("pipeline", "examples"):
+        shutil.copytree(ROOT / code, d / code, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
+    merged = [str(p.resolve()) for p in profiles] + ([str(extra)] if extra else [])
+    if merged:
+        timed_run([sys.executable, "-m", "pipeline", "apply-profile", *merged], d, env)
+    (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+        timed_run(cmd, d, env)
+    return d, env
+
+
+def stage_count(d: Path, env: dict) -> int:
+    """How many stages ``dvc stage list`` finds in project ``d``."""
+    listed = subprocess.run(["dvc", "stage", "list"], cwd=d, env=env, capture_output=True, text=True, check=True)
+    return len(listed.stdout.splitlines())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, pipeline_env, summary, timed_run  # noqa: E402
+from benchmarks._common import scratch_project, stage_count, summary, timed_run  # noqa: E402
 
 # Small work, the same stages: what no-op repro costs depends on the graph, not on the work.
 SHRINK = {
@@ -62,22 +61,12 @@ def main() -> None:
                     help="also time a copy whose stages depend on the whole pipeline package")
     args = ap.parse_args()
 
-    d = Path(tempfile.mkdtemp(prefix="noop-repro-"))
-    env = pipeline_env(DVC_NO_ANALYTICS="1")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    for code in ("pipeline", "examples"):
-        shutil.copytree(ROOT / code, d / code, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
-    shutil.copy(ROOT / "params.yaml", d / "params.yaml")
-    shrink = d / "shrink.yaml"
+    shrink = Path(tempfile.mkdtemp(prefix="noop-repro-shrink-")) / "shrink.yaml"
     shrink.write_text(yaml.safe_dump(SHRINK))
+    d, env = scratch_project("noop-repro-", args.profile, shrink)
+    shutil.rmtree(shrink.parent)
     profiles = [p.resolve() for p in args.profile]
-    timed_run([sys.executable, "-m", "pipeline", "apply-profile", *map(str, profiles), str(shrink)], d, env)
-    (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "init"]):
-        timed_run(cmd, d, env)
-    stages = len(subprocess.run(["dvc", "stage", "list"], cwd=d, env=env, capture_output=True, text=True).stdout.splitlines())
+    stages = stage_count(d, env)
     print(f"{d}: {stages} stages ({', '.join(map(str, profiles)) or 'params.yaml'}); first dvc repro ...", flush=True)
     print(f"first dvc repro: {timed_run(['dvc', 'repro'], d, env)[0]:.0f} s", flush=True)
     projects = {"per-module deps": d}

@@ -4,11 +4,13 @@ In a scratch project (params.yaml, data prepared once), alternates ``--runs`` ti
 
 - the floor: ``python -c "import torch, lightning, mlflow, codecarbon"``, the imports any
   training stage needs, and nothing else;
-- the stage: ``python -m pipeline train --family <family>``, its wall time less the training time
-  it prints (the measured window of ``fit``: epochs, validation, energy readings).
+- the stage in a process of its own (``PIPELINE_WARM=0``): its wall time less the training time
+  it prints (the measured window of ``fit``: epochs, validation, energy readings);
+- the same stage run in a warm server (``pipeline.warm``, started once before the first run, in a
+  socket folder of this script's own).
 
-Prints each run, then medians [range] and the stage's fixed cost over the floor's time (goal:
-at most 1.0: nothing beyond the imports a stage needs).
+Prints each run, then medians [range] and each fixed cost over the floor's time (goal: at most
+1.0: nothing beyond the imports a stage needs).
 
     python benchmarks/stage_overhead.py [--family mlp] [--runs 5]
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import ROOT, pipeline_env, summary, timed_run  # noqa: E402
+from pipeline import warm  # noqa: E402
 
 FLOOR = "import torch, lightning, mlflow, codecarbon"
 TRAINED = re.compile(r"^trained \S+: .*?, ([0-9.]+) s, ", re.M)
@@ -39,27 +42,36 @@ def main() -> None:
     d = Path(tempfile.mkdtemp(prefix="stage-overhead-"))
     shutil.copy(args.params, d / "params.yaml")
     env = pipeline_env()
-    timed_run([sys.executable, "-m", "pipeline", "prepare"], d, env)
-    floors, stages, fixed = [], [], []
-    for i in range(args.runs):
-        floor, _ = timed_run([sys.executable, "-c", FLOOR], d, env)
-        wall, out = timed_run([sys.executable, "-m", "pipeline", "train", "--family", args.family], d, env)
-        m = TRAINED.search(out)
-        if not m:
-            raise SystemExit(f"no training time in the stage's output:\n{out}")
-        training = float(m.group(1))
-        floors.append(floor)
-        stages.append(wall)
-        fixed.append(wall - training)
-        print(f"run {i + 1}: imports floor {floor:.2f} s; stage {wall:.2f} s, training {training:.2f} s, "
-              f"fixed {wall - training:.2f} s", flush=True)
-    ratios = [f / fl for f, fl in zip(fixed, floors, strict=True)]
+    kinds = {"alone": {**env, "PIPELINE_WARM": "0"},
+             "warm": {**env, "PIPELINE_WARM": "1", "XDG_RUNTIME_DIR": str(d)}}
+    timed_run([sys.executable, "-m", "pipeline", "prepare"], d, kinds["alone"])
+    warm.start(kinds["warm"], cwd=d)
+    train = [sys.executable, "-m", "pipeline", "train", "--family", args.family]
+    floors: list[float] = []
+    walls: dict[str, list[float]] = {k: [] for k in kinds}
+    fixed: dict[str, list[float]] = {k: [] for k in kinds}
+    try:
+        for i in range(args.runs):
+            floor, _ = timed_run([sys.executable, "-c", FLOOR], d, env)
+            floors.append(floor)
+            said = [f"run {i + 1}: imports floor {floor:.2f} s"]
+            for kind, kind_env in kinds.items():
+                wall, out = timed_run(train, d, kind_env)
+                m = TRAINED.search(out)
+                if not m:
+                    raise SystemExit(f"no training time in the stage's output:\n{out}")
+                walls[kind].append(wall)
+                fixed[kind].append(wall - float(m.group(1)))
+                said.append(f"{kind}: stage {wall:.2f} s, training {float(m.group(1)):.2f} s, fixed {fixed[kind][-1]:.2f} s")
+            print("; ".join(said), flush=True)
+    finally:
+        warm.stop(kinds["warm"])
     print(f"\nimports floor ({FLOOR}): {summary(floors, 's', 2)}")
-    print(f"stage `python -m pipeline train --family {args.family}`: {summary(stages, 's', 2)}")
-    print(f"fixed cost (stage less its training): {summary(fixed, 's', 2)}")
-    print(f"fixed cost / floor, run by run: {summary(ratios, 'x', 2)} (goal: <= 1.0)")
+    for kind in kinds:
+        ratios = [f / fl for f, fl in zip(fixed[kind], floors, strict=True)]
+        print(f"{kind}: stage `{' '.join(train[1:])}` {summary(walls[kind], 's', 2)}; fixed cost (stage less its "
+              f"training) {summary(fixed[kind], 's', 2)}; / floor, run by run: {summary(ratios, 'x', 2)} (goal: <= 1.0)")
     shutil.rmtree(d, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

@@ -9,18 +9,28 @@ frozen out of the interpreter's final garbage collection, which otherwise walks 
 command had stopped (`benchmarks/stage_overhead.py` measures it). ``atexit`` handlers still run,
 files are still closed; only cyclic garbage left at exit is not finalized, as Python never
 promises it is.
+
+Where a warm server runs (``pipeline.warm``), the command runs in a child it forks, with the
+libraries already imported; this process waits for it.
 """
 import gc
 import sys
 
-from pipeline import interrupts
+from pipeline import interrupts, warm, worktime
 
 
 def run() -> None:
     interrupts.install()
+    if warm.enabled():
+        code = warm.run_command(sys.argv[1:])
+        if code is not None:
+            sys.exit(code)
+        interrupts.install()
+    warm.started_in_server()
     from pipeline.cli import main
 
     code = main()
+    worktime.log_at_exit(code)
     gc.freeze()
     sys.exit(code)
 

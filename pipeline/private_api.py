@@ -31,6 +31,12 @@ leave it RUNNING):
   ``_ChildProcessObserver._terminate_all``. Lightning's observer of the ranks it starts SIGKILLs
   the main process as soon as one rank exits with an error (a Ctrl-C included), before the main
   process can end its MLflow run; no public option changes that.
+
+Python (``warm``: a command run in a child forked from the warm server leaves with ``os._exit``,
+skipping the teardown of every module the server imported):
+
+- ``run_exit_handlers``: ``atexit._run_exitfuncs``, the handlers Python runs at exit (MLflow's,
+  CodeCarbon's, logging's); the ``atexit`` module has no public way to run them.
 """
 from __future__ import annotations
 
@@ -127,3 +133,12 @@ def ddp_strategy(find_unused_parameters: bool = False):
                 self._launcher = GracefulLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
     return GracefulDDPStrategy(find_unused_parameters=find_unused_parameters)
+
+
+# ---------------------------------------------------------------- Python
+
+def run_exit_handlers() -> None:
+    """Run the ``atexit`` handlers now, as Python's shutdown would (each once: they are cleared)."""
+    import atexit
+
+    atexit._run_exitfuncs()

@@ -160,6 +160,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+
+# Characters MLflow refuses in a logged model's name ("mlp-baseline-prune_global-0.5" must be stored).
+_NOT_IN_MODEL_NAMES = str.maketrans({c: "_" for c in "/:.%\"'"})
+
+
+def logged_model_name(name: str) -> str:
+    """``name`` as MLflow accepts it for a logged model: ``/ : . % " '`` become ``_``."""
+    return name.translate(_NOT_IN_MODEL_NAMES)
+
 class Run:
     """A started MLflow run; thin, so the rest of the code never imports mlflow."""
 
@@ -300,6 +309,7 @@ class Run:
 
         from mlflow.exceptions import MlflowException
 
+        name = logged_model_name(name)
         try:
             exp_id = self._client.get_run(self.run_id).info.experiment_id
             model = self._client.create_logged_model(

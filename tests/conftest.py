@@ -1,4 +1,5 @@
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,10 @@ def pytest_configure(config):
         config.option.loadscopereorder = False  # keep HEAVIEST_FIRST's order (below)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    # The commands tests start run in their own processes: most tests give theirs an environment
+    # of their own, and each would start a warm server of its own (pipeline.warm) for one command.
+    # tests/test_warm.py runs commands in a server; tests/test_e2e.py runs its dvc repro through one.
+    os.environ.setdefault("PIPELINE_WARM", "0")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # Workers side by side: one torch thread each, for them and the processes they start
         # (two processes taking every core each ran 24-35x slower on 2 cores).
@@ -171,3 +176,24 @@ def _signals_restored():
     yield
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
+
+
+@contextmanager
+def warm_env(base: dict | None = None):
+    """``base`` (this environment, less DVC's and MLflow's variables) with its pipeline commands
+    run in a warm server of their own (pipeline.warm): a private socket folder, short enough for a
+    Unix socket's path. Its servers are stopped and the folder removed on leaving."""
+    import shutil
+    import tempfile
+
+    from pipeline import warm
+
+    if base is None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING"))}
+    home = tempfile.mkdtemp(prefix="warm-", dir="/tmp")
+    env = {**base, "PIPELINE_WARM": "1", "XDG_RUNTIME_DIR": home}
+    try:
+        yield env
+    finally:
+        warm.stop(env)
+        shutil.rmtree(home, ignore_errors=True)

@@ -10,10 +10,11 @@ import sys
 import pytest
 import yaml
 
+from pipeline import warm
 from pipeline.config import parse_params
 from pipeline.models.family import get_family
 
-from .conftest import make_dvc_repo, tiny_raw
+from .conftest import make_dvc_repo, tiny_raw, warm_env
 
 # The module fixture runs the whole `dvc repro` (2-4 minutes on 2 cores) inside the first test.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -35,10 +36,13 @@ def sh(cmd, cwd, env, check=True):
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
+    """The repo after its first ``dvc repro``, whose commands ran as a user's do: in a warm server
+    (pipeline.warm), started by the first of them."""
     d = tmp_path_factory.mktemp("e2e")
     env, git = make_dvc_repo(d, OVERRIDES)
-    first = sh(["dvc", "repro"], d, env)
-    return d, env, git, first
+    with warm_env(env) as env:
+        first = sh(["dvc", "repro"], d, env)
+        yield d, env, git, first
 
 
 def _client(d):
@@ -55,6 +59,9 @@ def test_repro_runs_every_stage_and_tracks_every_run(repo):
     stages += [SWEEP_STAGE]
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
+    # The first command started the warm server, and every command ran in it.
+    served = [line for log in warm.servers_of(env) for line in log.read_text().splitlines() if ": exit 0 after" in line]
+    assert len(served) == len(stages), served
     for f in FAMILIES:
         train = json.loads((d / "metrics" / "train" / f"{f}.json").read_text())
         tune = json.loads((d / "metrics" / "tune" / f"{f}.json").read_text())

@@ -1,4 +1,4 @@
-"""Every private use of Optuna and CodeCarbon (pipeline/private_api.py), on the real libraries:
+"""Every private use of a library (pipeline/private_api.py), on the real libraries:
 these fail when an installed version changes one of them, before a stage does."""
 from __future__ import annotations
 
@@ -126,3 +126,15 @@ def test_the_ddp_strategy_starts_its_ranks_with_the_graceful_launcher():
     assert launcher.num_processes == 2 and launcher.procs == []
     assert callable(_ChildProcessObserver._terminate_all)
     assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is False
+
+
+# ---------------------------------------------------------------- Python
+
+def test_exit_handlers_run_once_before_a_process_leaves_with_os_exit():
+    import subprocess
+    import sys
+
+    code = ("import atexit, os; from pipeline import private_api; atexit.register(print, 'handler ran', flush=True); "
+            "private_api.run_exit_handlers(); print('then', flush=True); os._exit(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, "handler ran\nthen\n")

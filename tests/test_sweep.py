@@ -59,6 +59,11 @@ def test_a_sweep_point_trains_tests_and_is_compared_beside_the_baseline(tiny_par
     on_disk = json.loads(paths.sweep_metrics("mlp", variant).read_text())
     assert on_disk["test_acc"] == m["test_acc"] and on_disk["width"] == 16 and on_disk["energy_j"] > 0
     assert (paths.model_dir("mlp", variant) / "model.pt").is_file() and paths.epoch_plot("mlp", variant).is_file()
+    from pipeline.tracking import client_for
+
+    client, _ = client_for(params.tracking)  # a logged model, its name as MLflow takes it (no ".")
+    sweep_run = client.get_run(json.loads((paths.model_dir("mlp", variant) / "run.json").read_text())["run_id"])
+    assert client.get_logged_model(sweep_run.data.tags["model_id"]).name == "mlp-sweep-w0_5-d1"
     model, spec, _ = load_trained("mlp", variant)
     baseline, base_spec, _ = load_trained("mlp")
     assert spec.hparams == {**base_spec.hparams, "width": base_spec.hparams["width"] // 2}

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from pipeline import worktime
 from pipeline.config import TrainCfg
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def fit_module(module, train_batches: Batches, val_batches: Iterable, epochs: in
     from pipeline.training.train import quiet_lightning, torch_flags_restored
 
     quiet_lightning()
-    with torch_flags_restored():
+    with worktime.counted(), torch_flags_restored():
         return _fit(module, train_batches, val_batches, epochs, seed)
 
 

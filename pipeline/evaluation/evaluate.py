@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import paths
+from pipeline import paths, worktime
 from pipeline.compute import resolve_eval_device
 from pipeline.config import EvaluateCfg, Params
 from pipeline.data.prepare import load_prepared
@@ -179,7 +179,7 @@ class Quality(NamedTuple):
 
 def quality(model: nn.Module, x: torch.Tensor, y: np.ndarray, num_classes: int, cfg: EvaluateCfg) -> Quality:
     """Predictions, confusion matrix, accuracy, macro-F1 and latency per sample on (x, y)."""
-    with inference_threads(cfg.num_threads):
+    with worktime.counted(), inference_threads(cfg.num_threads):
         y_pred = predict(model, x, cfg.batch_size).numpy()
         latency = latency_per_sample_s(model, x, cfg.latency_samples)
     cm = confusion(y, y_pred, num_classes)
