@@ -1,15 +1,15 @@
 """A warm process that has the heavy libraries imported and forks one child per pipeline command.
 
-Every ``python -m pipeline <command>`` pays for importing torch, Lightning, MLflow and CodeCarbon
-(about 3.6 s of the 5 s a stage costs beyond its work on a 2-core machine, 26 times in a default
-``dvc repro``). So the first command a user runs also starts, in the background, a server that
-imports them once and then waits on a Unix socket; every later command connects to it, hands over
-its arguments, working directory, environment and its stdin/stdout/stderr, and the server forks a
-child that runs the command exactly as ``python -m pipeline`` would (the pipeline's own code is
-imported afresh in each child, so edits take effect at once). The command's process waits for the
-child's exit status and exits with it, forwarding SIGINT and SIGTERM to it; a child whose command
-process died is sent SIGTERM. The server exits after ``PIPELINE_WARM_IDLE_S`` seconds (default
-120) without a command.
+Every ``python -m pipeline <command>`` alone pays for importing torch, Lightning, MLflow, Optuna
+and CodeCarbon and for CodeCarbon's hardware probe: about 6 s on a 2-core machine, 26 times in a
+default ``dvc repro`` (docs/warm-server.md has the figures). So a command first looks for a server
+that did that once and waits on a Unix socket, starting one (and waiting in its queue) where none
+runs; it hands over its arguments, working directory, environment and stdin/stdout/stderr, and the
+server forks a child that runs the command exactly as ``python -m pipeline`` would (the pipeline's
+own code is imported afresh in each child, so edits take effect at once). The command's process
+waits for the child's exit status and exits with it, forwarding SIGINT and SIGTERM to it; a child
+whose command process died is sent SIGTERM, as is one whose server died. The server exits after
+``PIPELINE_WARM_IDLE_S`` seconds (default 120) without a command.
 
 A server serves only commands that would have run identically in it: one server per Python,
 ``pipeline`` package, installed libraries (the mtimes of ``sys.path``'s folders) and environment
@@ -197,6 +197,9 @@ def _delegate(sock: socket.socket, argv: list[str]) -> int | None:
         child.append(_recv(sock)["pid"])
     except (EOFError, OSError, KeyError, ValueError):  # the server ended before starting it
         sock.close()
+        if pending:  # Ctrl-C while waiting: nothing was started, stop here
+            os.write(2, b"interrupted\n")
+            return 130
         return None
     try:
         for signum in pending:
