@@ -47,8 +47,10 @@ PRELOAD = ("torch", "lightning.pytorch", "mlflow", "mlflow.tracking", "mlflow.st
            "matplotlib.backends.backend_agg", "omegaconf", "markdown_it", "adjustText", "opentelemetry.sdk.metrics",
            "filelock", "yaml")
 # Variables read at run time only, which may differ between the commands one server runs.
-STATE_ONLY = ("DVC_", "MLFLOW_", "PIPELINE_", "PYTEST_", "PL_", "LOCAL_RANK", "NODE_RANK", "GLOBAL_RANK",
-              "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES")
+# (A DDP rank's: Lightning sets CUBLAS_WORKSPACE_CONFIG for deterministic runs before starting them.)
+STATE_ONLY = ("DVC_", "MLFLOW_", "PIPELINE_", "PYTEST_", "PL_", "TORCHELASTIC_", "RANK", "LOCAL_RANK", "NODE_RANK",
+              "GLOBAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "CUBLAS_WORKSPACE_CONFIG", "PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES")
 
 
 def enabled() -> bool:
@@ -552,6 +554,7 @@ def _end(code: int) -> NoReturn:
 
 
 if __name__ == "__main__":
+    os.chdir("/")  # pin no folder of the user's (each child takes its command's)
     request = serve(Path(sys.argv[1]), float(os.environ.get(IDLE_ENV, IDLE_S)))
     if request is None:
         sys.exit(0)

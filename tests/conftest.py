@@ -118,7 +118,7 @@ def pytest_configure(config):
 # is built once), and modules are handed out in collection order: the long ones first keeps the two
 # workers finishing together (xdist's own reordering, by number of tests, is turned off for it).
 HEAVIEST_FIRST = ("test_interrupts", "test_e2e", "test_mlflow_server", "test_tune", "test_scale_out",
-                  "test_compress", "test_faults")
+                  "test_warm", "test_compress", "test_faults")
 
 
 def pytest_collection_modifyitems(config, items):

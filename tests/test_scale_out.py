@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ import yaml
 
 from pipeline.config import ParamsError, parse_params
 
-from .conftest import ROOT, make_dvc_repo, sqlite_count, tiny_raw
+from .conftest import ROOT, make_dvc_repo, sqlite_count, tiny_raw, warm_env
 
 EXIT_WITHIN_S = 10
 
@@ -82,9 +83,10 @@ def _env() -> dict:
     return env
 
 
-def _train(case: Path, family: str = "mlp") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--family", family], cwd=case, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _train(case: Path, family: str = "mlp", env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--family", family], cwd=case,
+                            env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _processes_in(case: Path) -> list[int]:
@@ -117,17 +119,25 @@ def _runs(case: Path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_ddp_on_two_cpu_processes_is_one_run_that_counts_both(tmp_path, prepared):
+@pytest.mark.parametrize("warm", [False, True], ids=["alone", "warm"])
+def test_ddp_on_two_cpu_processes_is_one_run_that_counts_both(tmp_path, prepared, warm):
+    """Also with the command and both ranks in a warm server (pipeline.warm): one server serves
+    them all (a rank's environment differs only in what Lightning sets for it)."""
     import torch
 
+    from pipeline import warm as warm_server
     from pipeline.data.prepare import load_prepared
     from pipeline.models.saved import load_model
 
     case = _case(tmp_path, prepared, _raw())
-    proc = _train(case)
-    out, _ = proc.communicate(timeout=200)
-    assert proc.returncode == 0, out
-    _no_process_left(case)
+    with warm_env(_env()) if warm else nullcontext(_env()) as env:
+        proc = _train(case, env=env)
+        out, _ = proc.communicate(timeout=200)
+        assert proc.returncode == 0, out
+        _no_process_left(case)
+        if warm:
+            (log,) = warm_server.servers_of(env)
+            assert log.read_text().count("train --family mlp: exit 0") == 2  # the command and rank 1
 
     _, runs = _runs(case)
     assert len(runs) == 1, "only rank 0 logs"
