@@ -256,15 +256,21 @@ def stop(env: dict, timeout_s: float = 60) -> None:
 
     for log in servers_of(env):
         found = re.search(r"pid (\d+) ready", _text(log))
-        if not found:
+        if not found or not _alive(pid := int(found[1])):
             continue
-        try:
-            os.kill(int(found[1]), signal.SIGTERM)
-        except ProcessLookupError:
-            continue
+        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while log.with_suffix(".sock").exists() and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # -- the server's side ---------------------------------------------------------------------------
