@@ -10,7 +10,8 @@ energy method, and the same situation beside them, alone or shared. A run is *sh
 processes kept at least ``SHARED_SHARE`` of the machine's cores busy on average while it was
 measured (another experiment, a search worker, a build); such a run pays for contention in time
 and energy, and its figures say so. Library versions and threads are recorded, and shown where
-they differ, but do not split runs: they belong to what is being compared.
+they differ, but do not split runs: they belong to what is being compared. So is ``launch``: a
+command run in its own process or in a child of the warm server (``pipeline.warm``).
 """
 from __future__ import annotations
 
@@ -69,8 +70,11 @@ def fingerprint(hardware: dict[str, Any], method: str, backend: str) -> dict[str
 
     libs = [f"python {platform.python_version()}"]
     libs += [f"{name} {v}" for name in LIBRARIES if (v := _version(name)) is not None]
+    from pipeline import warm
+
     return {**host(hardware), "energy_method": method, "energy_backend": backend,
-            "libraries": ", ".join(libs), "torch_threads": str(torch.get_num_threads())}
+            "libraries": ", ".join(libs), "torch_threads": str(torch.get_num_threads()),
+            "launch": "warm server" if warm.served() else "own process"}
 
 
 def beside(metrics: dict[str, float]) -> str:

@@ -58,9 +58,21 @@ def enabled() -> bool:
     return sys.platform == "linux" and os.environ.get(SWITCH, "1") != "0" and _CHILD not in os.environ
 
 
+_served = False
+
+
 def started_in_server() -> bool:
-    """In a forked child: forget that (the commands it starts may use the server); True there."""
-    return os.environ.pop(_CHILD, None) is not None
+    """At a command's start: whether it runs in a child of the server (``served()`` says so from
+    then on); the marker is taken out of the environment, so the commands it starts may use the
+    server too."""
+    global _served
+    _served = os.environ.pop(_CHILD, None) is not None
+    return _served
+
+
+def served() -> bool:
+    """Whether this command runs in a child forked from the warm server."""
+    return _served
 
 
 # -- where a server listens ------------------------------------------------------------------

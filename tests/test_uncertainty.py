@@ -206,6 +206,7 @@ def test_fingerprint_names_the_machine_method_libraries_and_threads():
     assert tags["host_cpu"] == "Some CPU" and tags["host_gpu"] == "none" and tags["host_ram_gb"] == "24"
     assert tags["energy_method"] == RAPL and tags["energy_backend"] == "codecarbon"
     assert "torch " in tags["libraries"] and "codecarbon " in tags["libraries"] and int(tags["torch_threads"]) >= 1
+    assert tags["launch"] == "own process"
     other = fingerprint.fingerprint({"cpu_model": "Other CPU", "gpu_count": 0, "ram_total_size": 24.0}, RAPL, "codecarbon")
     assert len(tags["host_id"]) == 10 and other["host_id"] != tags["host_id"]
     assert fingerprint.host({"cpu_model": "Some CPU", "gpu_count": 0, "ram_total_size": 24.0})["host_id"] == tags["host_id"]

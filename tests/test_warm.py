@@ -104,6 +104,7 @@ def test_ctrl_c_reaches_the_command_in_the_server(server, tmp_path):
     assert "interrupted" in out and "Traceback" not in out
     (run,) = _runs(tmp_path)
     assert run.info.status == "KILLED" and run.data.metrics["energy/total_j"] > 0
+    assert run.data.tags["launch"] == "warm server"  # in its fingerprint
     assert not (tmp_path / paths.model_dir("mlp")).exists()  # no half-written output
 
 
