@@ -12,7 +12,7 @@ whose command process died is sent SIGTERM, as is one whose server died. The ser
 ``PIPELINE_WARM_IDLE_S`` seconds (default 120) without a command.
 
 A server serves only commands that would have run identically in it: one server per Python,
-``pipeline`` package, installed libraries (the mtimes of ``sys.path``'s folders) and environment
+version of this module, installed libraries (the mtimes of ``sys.path``'s folders) and environment
 (less the variables that change from one command to the next and that no library reads at import
 time: ``STATE_ONLY``). Otherwise, or where the server cannot be reached, the command runs in its
 own process as before. ``PIPELINE_WARM=0`` turns it off. Linux only: fork after these imports is
@@ -81,7 +81,9 @@ def _state_only(name: str) -> bool:
 
 
 def server_key() -> str:
-    """What a command must share with a server to run in it."""
+    """What a command must share with a server to run in it. Not the folder of its ``pipeline``
+    package: every child imports that afresh from its own command's path, so the copies of one
+    project (DVC's experiment workspaces, a clone) share one server."""
     here = Path(__file__).resolve()
     folders = []
     for entry in sys.path[1:]:  # [0] is the command's own folder
@@ -90,7 +92,7 @@ def server_key() -> str:
         except OSError:
             folders.append((entry, None))
     env = sorted((k, v) for k, v in os.environ.items() if not _state_only(k))
-    parts = [sys.executable, sys.version, str(here.parent), here.read_bytes().hex(), folders, env]
+    parts = [sys.executable, sys.version, hashlib.sha256(here.read_bytes()).hexdigest(), folders, env]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
