@@ -8,10 +8,11 @@ libraries that compute and measure, and torch's threads. Its metrics ``energy/ot
 Runs are **comparable** when they share a *condition*: the same machine (``host_id``), the same
 energy method, and the same situation beside them, alone or shared. A run is *shared* when other
 processes kept at least ``SHARED_SHARE`` of the machine's cores busy on average while it was
-measured (another experiment, a search worker, a build); such a run pays for contention in time
-and energy, and its figures say so. Library versions and threads are recorded, and shown where
-they differ, but do not split runs: they belong to what is being compared. So is ``launch``: a
-command run in its own process or in a child of the warm server (``pipeline.warm``).
+measured, for at least ``SHARED_MIN_CPU_S`` CPU-seconds in all (another experiment, a search
+worker, a build); such a run pays for contention in time and energy, and its figures say so.
+Library versions and threads are recorded, and shown where they differ, but do not split runs:
+they belong to what is being compared. So is ``launch``: a command run in its own process or in
+a child of the warm server (``pipeline.warm``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from importlib import metadata
 from typing import Any
 
 SHARED_SHARE = 0.1  # other work on >= 10 % of the cores on average: the run shared the machine
+# ... and at least this much of it: in a window of milliseconds (int8 quantization of a small model
+# takes 12 ms) a daemon's tick or the launching process is 10 % of the cores, and says nothing.
+SHARED_MIN_CPU_S = 0.1
 LIBRARIES = ("torch", "lightning", "codecarbon", "zeus")
 UNKNOWN = "unknown"
 
@@ -78,11 +82,13 @@ def fingerprint(hardware: dict[str, Any], method: str, backend: str) -> dict[str
 
 
 def beside(metrics: dict[str, float]) -> str:
-    """``alone`` or ``shared`` from a run's ``energy/others_cores`` and ``energy/cores``;
-    ``unknown`` for a run that did not record them."""
+    """``alone`` or ``shared`` from a run's ``energy/others_cores``, ``energy/cores`` and
+    ``energy/duration_s``; ``unknown`` for a run that did not record them."""
     others, cores = metrics.get("energy/others_cores"), metrics.get("energy/cores")
     if others is None or not cores:
         return UNKNOWN
+    if others * metrics.get("energy/duration_s", float("inf")) < SHARED_MIN_CPU_S:
+        return "alone"
     return "shared" if others / cores >= SHARED_SHARE else "alone"
 
 

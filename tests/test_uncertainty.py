@@ -40,6 +40,9 @@ def test_a_reading_logs_its_bounds_and_the_work_beside_it():
     assert m["energy/others_cores"] == pytest.approx(0.5) and m["energy/cores"] == 2
     assert fingerprint.beside(m) == "shared"
     assert fingerprint.beside({**m, "energy/others_cores": 0.1}) == "alone"
+    # 12 ms with half a core busy elsewhere (6 ms of CPU: a daemon's tick) is no contention
+    assert fingerprint.beside({**m, "energy/duration_s": 0.012}) == "alone"
+    assert fingerprint.beside({**m, "energy/duration_s": 0.3}) == "shared"
     assert fingerprint.beside({}) == "unknown"
     # Two ranks of one run, each seeing the other beside it: the run itself had nothing beside it.
     a = EnergyReading(duration_s=10.0, own_cpu_s=9.0, others_cpu_s=9.5, cores=2)
