@@ -96,8 +96,13 @@ def server_key() -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
+def _folder(env) -> Path:
+    """Where the sockets of the commands run with ``env`` are."""
+    return Path(env.get("XDG_RUNTIME_DIR") or "/tmp") / f"pipeline-warm-{os.getuid()}"
+
+
 def socket_dir() -> Path:
-    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"pipeline-warm-{os.getuid()}"
+    base = _folder(os.environ)
     base.mkdir(mode=0o700, exist_ok=True)
     st = base.stat()
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
@@ -236,8 +241,7 @@ def _delegate(sock: socket.socket, argv: list[str]) -> int | None:
 # -- starting and stopping servers from outside (benchmarks, tests) --------------------------------
 def servers_of(env: dict) -> list[Path]:
     """The logs of the servers that commands run with ``env`` find (one per key)."""
-    base = Path(env.get("XDG_RUNTIME_DIR") or "/tmp") / f"pipeline-warm-{os.getuid()}"
-    return sorted(base.glob("*.log"))
+    return sorted(_folder(env).glob("*.log"))
 
 
 def _text(log: Path) -> str:
@@ -440,7 +444,7 @@ def serve(path: Path, idle_s: float) -> dict | None:
                     _send(conn, {"exit": code})
                 except OSError:
                     pass
-                if _registered(sel, conn):
+                if conn in sel.get_map():  # not where the command's process closed it first
                     sel.unregister(conn)
                 conn.close()
                 last = time.monotonic()
@@ -463,14 +467,6 @@ def _end_with(server_pid: int) -> None:
         return
     if os.getppid() != server_pid:  # it died before the call
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _registered(sel, conn: socket.socket) -> bool:
-    try:
-        sel.get_key(conn)
-        return True
-    except (KeyError, ValueError):
-        return False
 
 
 def _reaped() -> list[tuple[int, int]]:
@@ -553,8 +549,8 @@ def _exit_code(code) -> int:
 
 def _end(code: int) -> NoReturn:
     """End the child as Python's shutdown would, less the teardown of every module: that touches
-    every object the server imported, and each page written to is copied from the server's (0.4 to
-    0.9 s of a 0.1 s command). So: wait for the command's non-daemon threads, run its ``atexit``
+    every object the server imported, and each page written to is copied from the server's (longer
+    than a short command itself). So: wait for the command's non-daemon threads, run its ``atexit``
     handlers (MLflow, CodeCarbon and logging end there), flush, and leave as a forked
     ``multiprocessing`` worker does."""
     import threading
