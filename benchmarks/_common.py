@@ -37,6 +37,29 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
+def trial_workspace(params, prefix: str):
+    """(prepared data, a primed energy meter) for running the pipeline's trials in this process:
+    the data prepared in the project, then a temporary working directory with its own MLflow store
+    (no DVC or MLflow variables leaking in), Optuna's per-trial logging off."""
+    import optuna
+
+    from pipeline.data.prepare import prepare
+    from pipeline.energy import EnergyMeter
+
+    prepared = prepare(params)
+    os.chdir(tempfile.mkdtemp(prefix=prefix))
+    for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI"):
+        os.environ.pop(var, None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return prepared, EnergyMeter(params.energy).prewarm()
+
+
+def with_search(params, **changes):
+    """``params`` with ``tune.search`` keys changed (validated)."""
+    search = type(params.tune.search).model_validate({**params.tune.search.model_dump(), **changes})
+    return params.model_copy(update={"tune": params.tune.model_copy(update={"search": search})})
+
+
 def timed_run(argv: list[str], cwd: Path, env: dict, timeout: float = 3600) -> tuple[float, str]:
     """(wall seconds, stdout) of a command that must succeed; its output ends the script if not."""
     t0 = time.perf_counter()

@@ -18,9 +18,7 @@ their quartiles and range.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,10 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lightning.pytorch as pl  # noqa: E402
 import optuna  # noqa: E402
 
-from benchmarks._common import quartiles, summary  # noqa: E402
+from benchmarks._common import quartiles, summary, trial_workspace, with_search  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
-from pipeline.data.prepare import prepare  # noqa: E402
-from pipeline.energy import J_PER_KWH, EnergyMeter  # noqa: E402
+from pipeline.energy import J_PER_KWH  # noqa: E402
 from pipeline.tracking import tracked_run  # noqa: E402
 from pipeline.tuning import study as st  # noqa: E402
 from pipeline.tuning.objective import Objective  # noqa: E402
@@ -72,11 +69,6 @@ def _reached(trial: optuna.trial.FrozenTrial, target: float) -> bool:
     return max(accs, default=0.0) >= target
 
 
-def _with_search(params, **changes):
-    search = type(params.tune.search).model_validate({**params.tune.search.model_dump(), **changes})
-    return params.model_copy(update={"tune": params.tune.model_copy(update={"search": search})})
-
-
 def _targets(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
@@ -115,20 +107,15 @@ def main() -> None:
 
     root = Path(__file__).resolve().parents[1]
     profiles = args.profile if args.profile is not None else [root / "profiles" / "search-large.yaml"]
-    params = _with_search(load_params(args.params, tuple(profiles)), enqueue_baseline=False)
+    params = with_search(load_params(args.params, tuple(profiles)), enqueue_baseline=False)
     s = params.tune.search
     configured = dict(args.arm or [_arm(f"objective={s.objective},sampler={s.sampler},pruner={s.pruner}")])
     for name, changes in configured.items():  # a bad arm fails before any trial
         try:
-            _with_search(params, **changes)
+            with_search(params, **changes)
         except ValueError as err:
             raise SystemExit(f"--arm {name}: {err}") from None
-    prepared = prepare(params)
-    os.chdir(tempfile.mkdtemp(prefix="search-bench-"))
-    for var in ("DVC_ROOT", "MLFLOW_TRACKING_URI"):
-        os.environ.pop(var, None)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    meter = EnergyMeter(params.energy).prewarm()
+    prepared, meter = trial_workspace(params, "search-bench-")
     print(f"targets {targets}, per-trial epochs {s.max_epochs}, profiles {[str(p) for p in profiles]}; "
           f"energy: the pipeline's meter (CodeCarbon; each trial's method in its MLflow run)\n"
           f"searches (from {s.objective}, {s.sampler} sampler, {s.pruner} pruner, startup "
@@ -137,24 +124,30 @@ def main() -> None:
     arms = [*configured, "random"]
     joules: dict[tuple[str, str], list[float]] = {}
     ratios: dict[str, list[float]] = {a: [] for a in configured}
+    late: dict[str, list[float]] = {a: [] for a in configured}  # pairs where random needed more than the startup trials
     for family, target in targets.items():
         for seed in range(args.seeds):
-            p = params.model_copy(update={"base": params.base.model_copy(update={"seed": params.base.seed + seed})})
-            got = {}
+            # The target is the one the study is told (train.target_val_acc: the pruner `target` cuts
+            # trials that cannot reach it) and the one every arm is measured against.
+            p = params.model_copy(update={"base": params.base.model_copy(update={"seed": params.base.seed + seed}),
+                                          "train": params.train.model_copy(update={"target_val_acc": target})})
+            got, used = {}, {}
             for name in arms[seed % len(arms):] + arms[:seed % len(arms)]:  # rotated: no arm always first
                 if name == "random":
                     sampler, pruner = optuna.samplers.RandomSampler(seed=p.base.seed), optuna.pruners.NopPruner()
-                    arm = _with_search(p, objective="accuracy", pruner="none", energy_budget_kwh=None)  # nor the guard's stops
+                    arm = with_search(p, objective="accuracy", pruner="none", energy_budget_kwh=None)  # nor the guard's stops
                 else:
-                    arm = _with_search(p, **configured[name])
+                    arm = with_search(p, **configured[name])
                     sampler, pruner = st.make_sampler(arm), st.make_pruner(arm)
                 j, n, reached = energy_to_target(arm, family, prepared, meter, sampler, pruner, target, args.max_trials)
-                got[name] = j
+                got[name], used[name] = j, n
                 joules.setdefault((family, name), []).append(j)
                 print(f"{family} seed {seed} {name:30} {j:8.1f} J over {n:2d} trials"
                       f"{'' if reached else '  (target not reached: energy of all trials)'}", flush=True)
             for name in configured:
                 ratios[name].append(got[name] / got["random"])
+                if used["random"] > s.startup_trials:
+                    late[name].append(ratios[name][-1])
             print(f"{family} seed {seed} ratios to random: "
                   + ", ".join(f"{name} {r[-1]:.3f}" for name, r in ratios.items()), flush=True)
     print("\nmedian energy to target [range]:")
@@ -164,6 +157,14 @@ def main() -> None:
         q1, median, q3 = quartiles(r)
         print(f"ratio {name} / random over {len(r)} pairs: median {median:.3f}, "
               f"quartiles {q1:.3f}-{q3:.3f}, range {min(r):.3f}-{max(r):.3f} (goal: median <= 0.5)")
+        # TPE's first startup_trials points are a random sampler's with the study's seed, the random
+        # arm's own: where random got there within them, a search can only save what it prunes.
+        if late[name]:
+            q1, median, q3 = quartiles(late[name])
+            print(f"  of which the {len(late[name])} pairs where random needed more than the {s.startup_trials} "
+                  f"startup trials: median {median:.3f}, quartiles {q1:.3f}-{q3:.3f}")
+        else:
+            print(f"  random needed no more than the {s.startup_trials} startup trials in every pair")
 
 
 if __name__ == "__main__":

@@ -357,9 +357,9 @@ def _run(args) -> int:
         if isinstance(err, (DataError, FamilyError, StoreError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        from pipeline.errors import NonFiniteLoss
+        from pipeline.errors import NonFiniteLoss, NothingToSelect
 
-        if isinstance(err, NonFiniteLoss):  # the MLflow run is FAILED with this error as its tag
+        if isinstance(err, (NonFiniteLoss, NothingToSelect)):  # the MLflow run is FAILED with this error as its tag
             print(f"error: {err}", file=sys.stderr)
             return EXIT_FAILED
         raise

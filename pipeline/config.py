@@ -361,7 +361,8 @@ class SearchCfg(_Strict):
     max_epochs: int = Field(4, ge=1)
     n_workers: int = Field(1, ge=1, le=64)
     sampler: Literal["tpe", "random"] = "tpe"
-    pruner: Literal["median", "asha", "hyperband", "none"] = "median"
+    # target: prune a trial that cannot plausibly reach train.target_val_acc (pipeline.tuning.guard).
+    pruner: Literal["median", "asha", "hyperband", "target", "none"] = "median"
     startup_trials: int = Field(2, ge=0)
     warmup_epochs: int = Field(1, ge=0)
     # Multi-objective choice: "knee" (Pareto point nearest the ideal of best accuracy at least

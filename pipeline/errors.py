@@ -11,6 +11,11 @@ class FamilyError(ValueError):
     params key and what is wrong."""
 
 
+class NothingToSelect(RuntimeError):
+    """A study ended without a completed trial to choose; the message says what became of its
+    trials and what to change."""
+
+
 class StoreError(RuntimeError):
     """A tracking store that cannot be reached or used (``tracking.tracking_uri`` or
     ``MLFLOW_TRACKING_URI``); the message names the URI and where it came from."""

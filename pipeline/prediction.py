@@ -20,6 +20,10 @@ accuracy. ``forecast`` turns that into three predictions:
 - **Energy to the target accuracy**: the energy so far plus the epochs the fitted curve needs to
   reach the target, if it reaches it before the predicted end; ``None`` when it does not.
 
+``reachable`` answers a different question, for a search that prunes the trials that cannot reach
+a target: not the accuracy a run is *expected* to end at (the curve's), but the most it can
+plausibly reach, an upper bound that a run which does reach the target seldom falls below.
+
 Predicted totals are the energy and time so far plus the remaining epochs at the predicted cost.
 ``errors`` compares what was predicted after each epoch with what the run measured in the end.
 """
@@ -29,6 +33,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from pipeline.uncertainty import Z, binomial_se
 
 # The stopping epoch is predicted from the curve's shape once it is identifiable: its three
 # parameters and one epoch more. Before, the run is taken to use max_epochs.
@@ -166,6 +172,28 @@ def forecast(epochs: Sequence[Epoch], *, max_epochs: int, patience: int, target:
         else:
             to_target_j = so_far_j + (to_target_epochs - done) * per_j
     return Forecast(done, end, total_j, so_far_s + remaining * per_s, to_target_j, to_target_epochs)
+
+
+def reachable(accs: Sequence[float], epochs: int, val_samples: int, z: float = Z) -> float | None:
+    """Upper bound (``z`` standard errors) on the best validation accuracy a run reaches by its
+    epoch ``epochs``, from its accuracies so far; None under two epochs.
+
+    The running best continued to the last epoch at its mean pace so far: learning curves flatten
+    as they go, so a straight line overestimates what is to come, while the saturating curve of
+    ``Curve`` (the expected end) may not: a slow run that climbs steadily, or that starts flat and
+    then rises, ends above it. Its error is the noise of the accuracies the line was drawn from
+    (the binomial error of the best so far, and that of the pace, from two such accuracies, carried
+    over the epochs to come). ``benchmarks/target_pruning.py`` replays both on real learning curves:
+    how many trials that went on to reach a target each would have cut, and what each saves."""
+    best = [max(accs[: i + 1]) for i in range(len(accs))]
+    n = len(best)
+    if n < 2:
+        return None
+    remaining = max(epochs - n, 0)
+    pace = (best[-1] - best[0]) / (n - 1)
+    se = binomial_se(best[-1], val_samples) or 0.0
+    se_pace = math.sqrt(2) * se / (n - 1)
+    return best[-1] + pace * remaining + z * math.hypot(se, remaining * se_pace)
 
 
 def linear_rule(epochs: Sequence[Epoch], max_epochs: int) -> float | None:

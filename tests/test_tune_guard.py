@@ -1,6 +1,7 @@
 """Saving a search's energy with the trials' predictions: stopping a trial for the budget, not
-starting one that cannot finish, and pruning on the Pareto front (two objectives), each on a
-hand-made study; then a real study whose budget stops a trial."""
+starting one that cannot finish, pruning on the Pareto front (two objectives) and short of the
+target, each on a hand-made study; then real studies whose budget stops a trial and whose target
+prunes one."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,13 +9,13 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from pipeline.prediction import Epoch, forecast
+from pipeline.prediction import Epoch, forecast, reachable
 from pipeline.training.callbacks import EpochRecorder
 from pipeline.tuning import study as st
-from pipeline.tuning.guard import ParetoPruned, StoppedForBudget, TrialGuard, dominated
+from pipeline.tuning.guard import ParetoPruned, StoppedForBudget, TargetPruned, TrialGuard, dominated
 from pipeline.tuning.tune import tune_family
 
-from .test_tune import prepared, tune_params  # noqa: F401  (the fixture, used by name)
+from .test_tune import _runs, prepared, tune_params  # noqa: F401  (the fixture, used by name)
 
 J = 1 / 3.6e6  # kWh per joule
 
@@ -36,6 +37,7 @@ def _trainer(accs, first_j=30.0, j=10.0, max_epochs=10, patience=0, target=0.99)
     recorder.epochs = [Epoch(first_j if i == 0 else j, 1.0, a) for i, a in enumerate(accs)]
     plan = {"max_epochs": max_epochs, "patience": patience, "target": target, "val_samples": 1000}
     recorder.forecasts = [forecast(recorder.epochs[:k], **plan) for k in range(1, len(accs) + 1)]
+    recorder.plan = plan
     return SimpleNamespace(callbacks=[recorder])
 
 
@@ -83,6 +85,58 @@ def test_the_pareto_pruner_prunes_a_trial_whose_predicted_end_is_beaten_by_a_com
     guard.on_train_epoch_end(_trainer([0.40, 0.45, 0.47]), None)
 
 
+def test_the_most_a_run_can_reach_continues_its_pace_with_the_noise_of_its_accuracies():
+    # 0.20 -> 0.30 in one epoch, 8 more to go: 0.30 + 8 x 0.10, capped by nothing but the noise.
+    assert reachable([0.20, 0.30], 10, 1000) == pytest.approx(1.10, abs=0.35)
+    assert reachable([0.20, 0.30], 10, 1000) > 1.10  # the noise only ever adds
+    # A flat start says little after two epochs (the pace's noise over 8 epochs), more after five.
+    two, five = reachable([0.20, 0.20], 10, 1000), reachable([0.20, 0.20, 0.20, 0.20, 0.20], 10, 1000)
+    assert 0.30 < two < 0.60 and 0.20 < five < two
+    # The running best: a dip does not lower it; more validation samples, less noise.
+    assert reachable([0.30, 0.20], 10, 1000) == reachable([0.30, 0.30], 10, 1000)
+    assert reachable([0.20, 0.20], 10, 100_000) < two
+    assert reachable([0.5], 10, 1000) is None  # one epoch: no pace yet
+    assert reachable([0.5, 0.6], 2, 1000) == pytest.approx(0.6, abs=0.04)  # nothing left: the noise
+
+
+def test_the_target_pruner_cuts_a_trial_that_cannot_reach_the_target_and_keeps_a_slow_one_that_can():
+    study = _study([])
+    trial, guard = _guard(study, pareto=False, target=0.9)
+    with pytest.raises(TargetPruned, match="short of the target 0.9"):
+        guard.on_train_epoch_end(_trainer([0.10, 0.12]), None)  # stuck near chance
+    assert trial.user_attrs["stopped_for"] == "target"
+    # A steady climb of 0.1 an epoch reaches 0.9 by epoch 10: kept, as is any trial without a target.
+    _, guard = _guard(study, pareto=False, target=0.9)
+    guard.on_train_epoch_end(_trainer([0.10, 0.20, 0.30]), None)
+    _, guard = _guard(study, pareto=False)
+    guard.on_train_epoch_end(_trainer([0.10, 0.12]), None)
+    # Not within warm-up, not from one epoch; the last epoch is the trial's max_epochs (10 here).
+    _, guard = _guard(study, pareto=False, target=0.9, warmup_epochs=3)
+    guard.on_train_epoch_end(_trainer([0.10, 0.12]), None)
+    _, guard = _guard(study, pareto=False, target=0.9)
+    guard.on_train_epoch_end(_trainer([0.10]), None)
+    with pytest.raises(TargetPruned):
+        _guard(study, pareto=False, target=0.5)[1].on_train_epoch_end(_trainer([0.10, 0.13, 0.16]), None)
+    _guard(study, pareto=False, target=0.5)[1].on_train_epoch_end(_trainer([0.10, 0.13, 0.16], max_epochs=30), None)
+
+
+def test_a_study_whose_every_trial_was_pruned_for_the_target_says_what_to_change(tiny_params):
+    from pipeline.errors import NothingToSelect
+
+    params = tiny_params(**{"tune.search.pruner": "target", "tune.search.max_epochs": 8,
+                            "train.target_val_acc": 0.9})
+    study = optuna.create_study(direction="maximize")
+    for stopped_for in ("target", "target", None):
+        t = study.ask()
+        t.report(0.2, 1)
+        if stopped_for:
+            t.set_user_attr(st.STOPPED_FOR_ATTR, stopped_for)
+        study.tell(t, state=optuna.trial.TrialState.PRUNED if stopped_for else optuna.trial.TrialState.FAIL)
+    with pytest.raises(NothingToSelect, match=r"\(3 trials: 1 fail, 2 pruned\); 2 could not reach "
+                                              r"train.target_val_acc 0.9 within 8 epochs"):
+        st.select_trial(study, params)
+
+
 def test_no_trial_starts_that_the_cheapest_completed_one_says_cannot_finish():
     budget = st.EnergyBudget(420 * J)
     assert not budget.reached(_study([]))
@@ -114,6 +168,31 @@ def test_a_real_study_stops_the_trial_that_would_overrun_its_budget(prepared, me
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.params["train.batch_size"] == 8
     assert stopped.user_attrs["energy_kwh"] > 0
     assert m["search_energy_kwh"] == pytest.approx(sum(t.user_attrs["energy_kwh"] for t in study.get_trials()))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_real_study_prunes_for_its_target_the_trial_that_cannot_learn(prepared, meter):  # noqa: F811
+    """``pruner: target``: a trial at a learning rate that cannot move the model (1e-7) is pruned
+    for the target before its last epoch, its energy counted and its MLflow run tagged; the trial
+    at a learning rate that learns runs all of its epochs and is the one chosen."""
+    params = tune_params(**{"tune.search.max_epochs": 10, "tune.search.pruner": "target",
+                            "tune.search.n_trials": 2, "tune.search.energy_budget_kwh": None,
+                            "tune.search.warmup_epochs": 1, "tune.search.enqueue_baseline": False,
+                            "train.target_val_acc": 0.3,
+                            "tune.space": {"train": {"lr": [0.01, 1e-7]}, "mlp": {"width": [32]}}})
+    study = optuna.create_study(study_name=st.study_name(params, "mlp", prepared.card["sha256"]),
+                                storage=st.storage_url(params), directions=st.directions(params))
+    study.enqueue_trial({"train.lr": 1e-7, "model.width": 32})
+    study.enqueue_trial({"train.lr": 0.01, "model.width": 32})
+    m = tune_family(params, "mlp", meter, prepared)
+    assert m["trials_stopped_for_target"] == 1 and m["trials_pruned"] == 1 and m["chosen_trial"] == 1
+    stuck, learner = study.get_trials()
+    assert stuck.state == optuna.trial.TrialState.PRUNED and stuck.user_attrs["stopped_for"] == "target"
+    assert len(stuck.intermediate_values) < 10 and stuck.user_attrs["energy_kwh"] > 0
+    assert learner.state == optuna.trial.TrialState.COMPLETE and len(learner.intermediate_values) == 10
+    (run,) = _runs(params, f"tags.study = '{study.study_name}' and tags.trial_number = '0'")
+    assert run.data.tags["trial_state"] == "PRUNED" and run.data.metrics["energy/total_j"] > 0
 
 
 def test_asha_keeps_only_the_best_third_at_each_rung_from_the_first_trials_on(tiny_params):

@@ -13,7 +13,12 @@ After each epoch of a trial, ``TrialGuard`` reads what the trial predicts for it
   better beyond the noise on one. The noise of a completed trial's accuracy is the binomial error
   on the validation split; the predicted point adds the error of its prediction: the remaining
   energy (predicted total less the energy spent) counts as uncertain by ``REMAINING_REL_SE`` (one
-  standard error), and the accuracy still to be gained likewise.
+  standard error), and the accuracy still to be gained likewise;
+- **prunes it short of the target** (``pruner: target``, either objective): when even the most it
+  can plausibly reach by its last epoch (``pipeline.prediction.reachable``: its best so far
+  continued at its mean pace, plus the noise of the accuracies that pace was measured from) is
+  below ``train.target_val_acc``, the accuracy the user needs. A search's failing trials are flat
+  or slow from their second epoch on, and each would otherwise run all of its epochs.
 
 Before a trial, ``study.EnergyBudget`` does not start one that cannot finish within what is left.
 """
@@ -24,16 +29,15 @@ import optuna
 
 from pipeline.energy import J_PER_KWH
 from pipeline.pareto import noisy_front
-from pipeline.prediction import Curve
+from pipeline.prediction import Curve, reachable
 from pipeline.training.callbacks import EpochRecorder
-from pipeline.tuning.study import completed_points, spent_kwh
+from pipeline.tuning.study import STOPPED_FOR_ATTR, completed_points, spent_kwh
 from pipeline.uncertainty import binomial_se
 
 # One standard error of what is still to come in a prediction, relative to it: the remaining energy
 # and the accuracy still to be gained. Half of it: predictions after the first epochs miss the
 # total by under 10 % in the median run but by tens of percent in the worst (benchmarks/prediction.py).
 REMAINING_REL_SE = 0.5
-STOPPED_FOR_ATTR = "stopped_for"
 
 
 class StoppedForBudget(optuna.TrialPruned):
@@ -42,6 +46,10 @@ class StoppedForBudget(optuna.TrialPruned):
 
 class ParetoPruned(optuna.TrialPruned):
     """A trial ended because its predicted final point is dominated beyond the noise."""
+
+
+class TargetPruned(optuna.TrialPruned):
+    """A trial ended because it cannot plausibly reach the target accuracy within its epochs."""
 
 
 def dominated(predicted: tuple[float, float], noise: tuple[float, float],
@@ -54,17 +62,28 @@ def dominated(predicted: tuple[float, float], noise: tuple[float, float],
 
 
 class TrialGuard(pl.Callback):
-    """Stops a trial for the budget, or prunes it on the Pareto front (see the module)."""
+    """Stops a trial for the budget, prunes it on the Pareto front or short of ``target`` (the
+    validation accuracy it must be able to reach; None: no such rule). See the module."""
 
     def __init__(self, trial: optuna.Trial, budget_kwh: float | None, pareto: bool, warmup_epochs: int,
-                 startup_trials: int, val_samples: int):
-        self.trial, self.budget_kwh, self.pareto = trial, budget_kwh, pareto
+                 startup_trials: int, val_samples: int, target: float | None = None):
+        self.trial, self.budget_kwh, self.pareto, self.target = trial, budget_kwh, pareto, target
         self.warmup_epochs, self.startup_trials, self.val_samples = warmup_epochs, startup_trials, val_samples
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         recorder = next(c for c in trainer.callbacks if isinstance(c, EpochRecorder))
         f = recorder.forecasts[-1]
-        if f.total_j is None or f.after >= f.epochs:  # nothing measured, or nothing left to save
+        if f.after >= f.epochs:  # nothing left to save
+            return
+        accs = [e.val_acc for e in recorder.epochs if e.val_acc is not None]
+        if self.target is not None and f.after >= self.warmup_epochs and len(accs) == len(recorder.epochs):
+            last = recorder.plan["max_epochs"]  # not the predicted early stop: that may come later
+            most = reachable(accs, last, self.val_samples)
+            if most is not None and most < self.target:
+                self.trial.set_user_attr(STOPPED_FOR_ATTR, "target")
+                raise TargetPruned(f"val/acc {max(accs):.3f} after {f.after} epoch(s), at most {most:.3f} by epoch "
+                                   f"{last} (95 %): short of the target {self.target:g}")
+        if f.total_j is None:  # nothing measured: no energy to compare
             return
         study = self.trial.study
         # The first trial to complete always may: a study with none has nothing to choose from.
@@ -81,7 +100,6 @@ class TrialGuard(pl.Callback):
         if len(done) < max(self.startup_trials, 1):
             return
         spent_j = sum(e.energy_j or 0.0 for e in recorder.epochs)
-        accs = [e.val_acc for e in recorder.epochs if e.val_acc is not None]
         now = max(accs, default=0.0)
         curve = Curve.fit(accs) if len(accs) == len(recorder.epochs) else None
         final = min(max(now, curve(f.epochs)), 1.0) if curve is not None else now

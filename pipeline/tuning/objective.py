@@ -19,9 +19,9 @@ from pipeline.data.prepare import Prepared
 from pipeline.energy import EnergyMeter
 from pipeline.tracking import base_tags, tracked_run
 from pipeline.training.train import FitResult, fit
-from pipeline.tuning.guard import STOPPED_FOR_ATTR, StoppedForBudget, TrialGuard
+from pipeline.tuning.guard import StoppedForBudget, TrialGuard
 from pipeline.tuning.space import sample
-from pipeline.tuning.study import ENERGY_ATTR, INTERRUPTED_ATTR, SURPLUS_ATTR, SurplusTrial, claim
+from pipeline.tuning.study import ENERGY_ATTR, INTERRUPTED_ATTR, STOPPED_FOR_ATTR, SURPLUS_ATTR, SurplusTrial, claim
 
 
 class Objective:
@@ -76,7 +76,8 @@ class Objective:
         search = self.params.tune.search
         guard = TrialGuard(trial, search.energy_budget_kwh, pareto=self.multi and search.pruner != "none",
                            warmup_epochs=search.warmup_epochs, startup_trials=search.startup_trials,
-                           val_samples=self.val_samples)
+                           val_samples=self.val_samples,
+                           target=self.params.train.target_val_acc if search.pruner == "target" else None)
         callbacks = [*self.callbacks, guard, *([] if self.multi else [self._pruning_callback(trial)])]
         with tracked_run(self.params.tracking, f"trial-{self.family}-{trial.number}", tags,
                          finished_on=(optuna.TrialPruned,)) as run:

@@ -11,11 +11,13 @@ import optuna
 from pipeline import interrupts, paths
 from pipeline.config import Params
 from pipeline.energy import J_PER_KWH
+from pipeline.errors import NothingToSelect
 from pipeline.pareto import knee, pareto_front
 
 ENERGY_ATTR = "energy_kwh"
 INTERRUPTED_ATTR = "interrupted"  # a trial ended by Ctrl-C/SIGTERM: retried on resume, not counted
 RETRY_ATTR = "retry_of"
+STOPPED_FOR_ATTR = "stopped_for"  # why a pruned trial ended: the pruner's name, pareto, target or budget
 SURPLUS_ATTR = "surplus"  # asked for after the study had its n_trials (concurrent workers): not run
 
 
@@ -146,7 +148,8 @@ def make_sampler(params: Params, worker: int = 0):
 
 def make_pruner(params: Params):
     s = params.tune.search
-    if s.pruner == "none" or s.objective != "accuracy":  # Optuna cannot prune multi-objective studies
+    # Optuna cannot prune multi-objective studies; the target rule is the trial guard's, not Optuna's.
+    if s.pruner in ("none", "target") or s.objective != "accuracy":
         return optuna.pruners.NopPruner()
     if s.pruner == "asha":  # successive halving: at 1, 3, 9... epochs only the best third goes on
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, s.warmup_epochs), reduction_factor=3)
@@ -274,8 +277,7 @@ def select_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.Froz
     defines them for the report too (log-scaled energy). The front is sorted by energy."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise RuntimeError(f"study {study.study_name}: no trial completed, nothing to select "
-                           f"({len(study.trials)} trials: see their MLflow runs for errors)")
+        raise NothingToSelect(_why_none_completed(study, params))
     if len(study.directions) == 1:
         return study.best_trial, [study.best_trial]
     if list(study.directions) != [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]:
@@ -289,6 +291,20 @@ def select_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.Froz
     if params.tune.search.select == "accuracy":
         return max(front, key=lambda t: (t.values[0], -t.values[1])), front
     return complete[knee(points, on_front)], front
+
+
+def _why_none_completed(study: optuna.Study, params: Params) -> str:
+    trials = ran(study.get_trials(deepcopy=False))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(
+        {t.state.name.lower(): sum(u.state == t.state for u in trials) for t in trials}.items()))
+    why = f"study {study.study_name}: no trial completed, nothing to select ({len(trials)} trials: {states or 'none'})"
+    for_target = sum(t.user_attrs.get(STOPPED_FOR_ATTR) == "target" for t in trials)
+    if for_target:
+        s = params.tune.search
+        why += (f"; {for_target} could not reach train.target_val_acc {params.train.target_val_acc:g} within "
+                f"{s.max_epochs} epochs (tune.search.max_epochs): lower the target, raise the epochs or widen "
+                "tune.space, or set tune.search.pruner to another pruner")
+    return why + ". The study is kept: running the stage again with more tune.search.n_trials continues it"
 
 
 def trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:

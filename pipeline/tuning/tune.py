@@ -25,7 +25,6 @@ from pipeline.models.factory import build_model
 from pipeline.tracking import base_tags, client_for, create_run, redact, tracked_run
 from pipeline.training.train import export_run, fit, model_spec, write_metrics
 from pipeline.tuning import study as st
-from pipeline.tuning.guard import STOPPED_FOR_ATTR
 from pipeline.tuning.objective import Objective
 from pipeline.tuning.space import baseline_point, split_params
 
@@ -168,11 +167,16 @@ def _pruning(search, multi: bool) -> str:
               if search.energy_budget_kwh is not None else "")
     if search.pruner == "none":
         return "none" + budget
+    parts = []
+    if search.pruner == "target":
+        parts.append("target: a trial that cannot plausibly reach train.target_val_acc within its epochs "
+                     "(pipeline.tuning.guard)")
     if multi:
-        return ("pareto: a trial whose predicted final (val/acc, energy) is dominated beyond the noise by a "
-                f"completed trial (pipeline.tuning.guard; Optuna's {search.pruner} pruner cannot prune two "
-                "objectives)" + budget)
-    return f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc" + budget
+        parts.append("pareto: a trial whose predicted final (val/acc, energy) is dominated beyond the noise by a "
+                     "completed trial (pipeline.tuning.guard; Optuna's pruners cannot prune two objectives)")
+    elif search.pruner != "target":
+        parts.append(f"{search.pruner} via optuna-integration's PyTorchLightningPruningCallback on val/acc")
+    return "; ".join(parts) + budget
 
 
 def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
@@ -291,8 +295,8 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
             "objective": search.objective,
             "trials": len(trials), "trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
             "trials_failed": counts["fail"],
-            **{f"trials_stopped_for_{why}": sum(t.user_attrs.get(STOPPED_FOR_ATTR) == why for t in trials)
-               for why in ("budget", "pareto")},
+            **{f"trials_stopped_for_{why}": sum(t.user_attrs.get(st.STOPPED_FOR_ATTR) == why for t in trials)
+               for why in ("budget", "pareto", "target")},
             "trials_interrupted": sum(bool(t.user_attrs.get(st.INTERRUPTED_ATTR)) for t in trials),
             "trials_counted": st.trials_done(study), "trials_surplus": len(every) - len(trials),
             "search_energy_j": spent_kwh * J_PER_KWH, "search_energy_kwh": spent_kwh,
