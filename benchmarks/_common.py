@@ -42,7 +42,6 @@ def trial_workspace(params, prefix: str):
     the data prepared in the project, then a temporary working directory with its own MLflow store
     (no DVC or MLflow variables leaking in), Optuna's per-trial logging off."""
     import optuna
-
     from pipeline.data.prepare import prepare
     from pipeline.energy import EnergyMeter
 
@@ -77,7 +76,7 @@ def scratch_project(prefix: str, profiles: list[Path], extra: Path | None = None
     d = Path(tempfile.mkdtemp(prefix=prefix))
     env = pipeline_env(DVC_NO_ANALYTICS="1")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    for code in ("pipeline", "examples"):
+    for code in ("pipeline", "examples", "scripts"):
         shutil.copytree(ROOT / code, d / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
     shutil.copy(ROOT / "params.yaml", d / "params.yaml")
@@ -86,7 +85,10 @@ def scratch_project(prefix: str, profiles: list[Path], extra: Path | None = None
         timed_run([sys.executable, "-m", "pipeline", "apply-profile", *merged], d, env)
     (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        timed_run(cmd, d, env)
+    shutil.copy(ROOT / ".dvcignore", d / ".dvcignore")
+    for cmd in (git + ["add", "-A"], git + ["commit", "-qm", "init"]):
         timed_run(cmd, d, env)
     return d, env
 

@@ -6,11 +6,10 @@ full ``dvc repro`` takes minutes (600 MNIST-1D samples, 1-2 epochs, 2 trials: th
 the profile's own, the work in each stage small). Then alternates ``--runs`` times the no-op
 ``dvc repro`` with the floor ``dvc --version`` (DVC's own start) and prints both medians [range].
 
-    python benchmarks/noop_repro.py [--profile profiles/ucr.yaml] [--runs 5] [--package-deps]
+    python benchmarks/noop_repro.py [--profile profiles/ucr.yaml] [--runs 5] [--keep]
 
-``--package-deps`` also times, alternated with the rest, a copy of the scratch project whose stages
-depend on the whole ``pipeline`` package instead of the modules each imports (dvc.lock recorded
-anew with ``dvc commit -f``): what the per-module dependencies cost a no-op repro.
+It also prints the length of the project's dvc.lock, which DVC reads on every no-op repro and
+rewrites after every stage it runs.
 """
 from __future__ import annotations
 
@@ -36,29 +35,11 @@ SHRINK = {
 }
 
 
-def package_deps_copy(d: Path, env: dict) -> Path:
-    """A copy of the scratch project whose stages list ``pipeline`` as their one code dependency,
-    its dvc.lock recorded anew (``dvc commit -f``) without running anything."""
-    copy = Path(f"{d}-package-deps")
-    shutil.copytree(d, copy, symlinks=True)
-    spec = yaml.safe_load((copy / "dvc.yaml").read_text())
-    for stage in spec["stages"].values():
-        body = stage.get("do", stage)  # foreach stages keep theirs under do
-        body["deps"] = [dep for dep in body["deps"] if not str(dep).startswith("pipeline")] + ["pipeline"]
-    (copy / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    timed_run(["dvc", "commit", "-f", "-q"], copy, env)
-    lines = {where: len((where / "dvc.lock").read_text().splitlines()) for where in (d, copy)}
-    print(f"{copy}: one pipeline package dep per stage (dvc.lock {lines[copy]} lines, against {lines[d]})", flush=True)
-    return copy
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", type=Path, action="append", default=[], help="profile merged into params.yaml")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="keep the scratch project (its path is printed)")
-    ap.add_argument("--package-deps", action="store_true",
-                    help="also time a copy whose stages depend on the whole pipeline package")
     args = ap.parse_args()
 
     shrink = Path(tempfile.mkdtemp(prefix="noop-repro-shrink-")) / "shrink.yaml"
@@ -69,24 +50,19 @@ def main() -> None:
     stages = stage_count(d, env)
     print(f"{d}: {stages} stages ({', '.join(map(str, profiles)) or 'params.yaml'}); first dvc repro ...", flush=True)
     print(f"first dvc repro: {timed_run(['dvc', 'repro'], d, env)[0]:.0f} s", flush=True)
-    projects = {"per-module deps": d}
-    if args.package_deps:
-        projects["one pipeline package dep"] = package_deps_copy(d, env)
-    noop: dict[str, list[float]] = {name: [] for name in projects}
-    floor = []
+    print(f"dvc.lock: {len((d / 'dvc.lock').read_text().splitlines())} lines", flush=True)
+    noop, floor = [], []
     for i in range(args.runs):
         floor.append(timed_run(["dvc", "--version"], d, env)[0])
-        for name, where in projects.items():
-            noop[name].append(timed_run(["dvc", "repro"], where, env)[0])
-        print(f"run {i + 1}: dvc --version {floor[-1]:.2f} s, no-op dvc repro "
-              + ", ".join(f"{name} {times[-1]:.2f} s" for name, times in noop.items()), flush=True)
+        noop.append(timed_run(["dvc", "repro"], d, env)[0])
+        print(f"run {i + 1}: dvc --version {floor[-1]:.2f} s, no-op dvc repro {noop[-1]:.2f} s", flush=True)
     print()
-    for name, times in noop.items():
-        print(f"no-op `dvc repro` over {stages} stages, {name}: {summary(times, 's', 2)} (goal: <= 1.5 s)")
+    print(f"no-op `dvc repro` over {stages} stages: {summary(noop, 's', 2)} (goal: <= 1.5 s)")
     print(f"`dvc --version` (DVC's start): {summary(floor, 's', 2)}")
-    if not args.keep:
-        for where in projects.values():
-            shutil.rmtree(where, ignore_errors=True)
+    if args.keep:
+        print(f"kept: {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

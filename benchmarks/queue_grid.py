@@ -45,13 +45,14 @@ def sh(case: Path, *cmd: str, timeout: float = 1800) -> str:
 
 
 def make_repo(case: Path) -> None:
-    for code in ("pipeline", "examples"):
+    for code in ("pipeline", "examples", "scripts"):
         shutil.copytree(ROOT / code, case / code, ignore=shutil.ignore_patterns("__pycache__"))
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / f, case / f)
     (case / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
         sh(case, *cmd)
+    shutil.copy(ROOT / ".dvcignore", case / ".dvcignore")
     sh(case, "dvc", "repro", "prepare")
     sh(case, *GIT, "add", "-A")
     sh(case, *GIT, "commit", "-qm", "prepared")

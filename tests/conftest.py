@@ -41,7 +41,7 @@ def make_dvc_repo(d: Path, overrides: dict):
     from pipeline.config import deep_merge
 
     d.mkdir(parents=True, exist_ok=True)
-    for code in ("pipeline", "examples"):
+    for code in ("pipeline", "examples", "scripts"):
         shutil.copytree(ROOT / code, d / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", d / "dvc.yaml")
     raw = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
@@ -51,8 +51,10 @@ def make_dvc_repo(d: Path, overrides: dict):
     env["DVC_NO_ANALYTICS"] = "1"
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=d, env=env, check=True, capture_output=True, timeout=120)
+    shutil.copy(ROOT / ".dvcignore", d / ".dvcignore")
+    for cmd in (git + ["add", "-A"], git + ["commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=d, env=env, check=True, capture_output=True, timeout=120)
     return env, git
 

@@ -13,7 +13,7 @@ function that handles each command, so the closure of a command is:
   ``pipeline/a/b.py``; ``from pipeline.a import b`` also imports ``pipeline/a/b.py`` when ``b``
   is a submodule.
 
-Used by tests/test_dvc_deps.py and scripts/stage_deps.py (which prints the deps dvc.yaml should
+Used by scripts/stage_deps.py (which writes each command's fingerprint and the deps dvc.yaml should
 list). The one assumption about cli.py: commands are registered as ``<x>.add_parser(NAME, ...)``
 with ``.set_defaults(func=HANDLER)`` on the result (chained, or through a variable), NAME and
 HANDLER being literals or names bound by ``for`` loops over literal tuples.
