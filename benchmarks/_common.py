@@ -42,6 +42,7 @@ def trial_workspace(params, prefix: str):
     the data prepared in the project, then a temporary working directory with its own MLflow store
     (no DVC or MLflow variables leaking in), Optuna's per-trial logging off."""
     import optuna
+
     from pipeline.data.prepare import prepare
     from pipeline.energy import EnergyMeter
 

@@ -36,8 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning.pytorch as pl  # noqa: E402
-
 import optuna  # noqa: E402
+
 from benchmarks._common import ROOT, quartiles, trial_workspace, with_search  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.energy import J_PER_KWH  # noqa: E402
