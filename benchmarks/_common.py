@@ -94,6 +94,14 @@ def scratch_project(prefix: str, profiles: list[Path], extra: Path | None = None
     return d, env
 
 
+def done_with(d: Path, keep: bool) -> None:
+    """Remove the scratch project ``d``, or say where it is kept."""
+    if keep:
+        print(f"kept: {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def stage_count(d: Path, env: dict) -> int:
     """How many stages ``dvc stage list`` finds in project ``d``."""
     listed = subprocess.run(["dvc", "stage", "list"], cwd=d, env=env, capture_output=True, text=True, check=True)

@@ -23,7 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import scratch_project, stage_count, summary, timed_run  # noqa: E402
+from benchmarks._common import done_with, scratch_project, stage_count, summary, timed_run  # noqa: E402
 
 # Small work, the same stages: what no-op repro costs depends on the graph, not on the work.
 SHRINK = {
@@ -59,10 +59,7 @@ def main() -> None:
     print()
     print(f"no-op `dvc repro` over {stages} stages: {summary(noop, 's', 2)} (goal: <= 1.5 s)")
     print(f"`dvc --version` (DVC's start): {summary(floor, 's', 2)}")
-    if args.keep:
-        print(f"kept: {d}")
-    else:
-        shutil.rmtree(d, ignore_errors=True)
+    done_with(d, args.keep)
 
 
 if __name__ == "__main__":

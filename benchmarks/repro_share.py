@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import scratch_project, stage_count, summary, timed_run  # noqa: E402
+from benchmarks._common import done_with, scratch_project, stage_count, summary, timed_run  # noqa: E402
 
 CLEAN = ["data/prepared", "models", "mlruns", "optuna", "metrics", "plots", "reports"]
 
@@ -84,10 +84,7 @@ def main() -> None:
         outside = [w - k for w, k in zip(t["wall"], t["work"], strict=True)]
         print(f"{kind:<10} {len(t['wall']) // args.runs:>5} {sum(t['wall']) / args.runs:>9.1f} "
               f"{sum(t['work']) / args.runs:>9.1f} {statistics.median(outside):>32.2f}")
-    if args.keep:
-        print(f"kept: {d}")
-    else:
-        shutil.rmtree(d, ignore_errors=True)
+    done_with(d, args.keep)
 
 
 if __name__ == "__main__":

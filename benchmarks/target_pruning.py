@@ -10,8 +10,8 @@ trial, epoch by epoch:
 
 - ``reachable`` (the pruner ``target``, ``pipeline.prediction.reachable``): the best accuracy so far
   continued at its mean pace, plus the noise of the accuracies it was measured from;
-- ``curve``: the saturating learning curve's expected end (``pipeline.prediction.Curve``) plus
-  ``REMAINING_REL_SE`` of its gain to come as one standard error, the Pareto pruner's prediction.
+- ``curve``: the saturating learning curve's expected end plus half its gain to come as one
+  standard error: the Pareto pruner's prediction (``pipeline.tuning.guard.predicted_accuracy``).
 
 For each it prints the **lost** trials (trials that reached the target, pruned before they did:
 what a pruner must not do) and the energy the failing trials used up to their pruning, against
@@ -41,11 +41,11 @@ import optuna  # noqa: E402
 from benchmarks._common import ROOT, quartiles, trial_workspace, with_search  # noqa: E402
 from pipeline.config import load_params  # noqa: E402
 from pipeline.energy import J_PER_KWH  # noqa: E402
-from pipeline.prediction import Curve, reachable  # noqa: E402
+from pipeline.prediction import reachable  # noqa: E402
 from pipeline.training.callbacks import EpochRecorder  # noqa: E402
 from pipeline.tuning import study as st  # noqa: E402
-from pipeline.tuning.guard import REMAINING_REL_SE  # noqa: E402
-from pipeline.uncertainty import Z, binomial_se  # noqa: E402
+from pipeline.tuning.guard import predicted_accuracy  # noqa: E402
+from pipeline.uncertainty import Z  # noqa: E402
 
 Rule = Callable[[list[float], int, int], bool]  # (accuracies so far, last epoch, validation samples) -> prune?
 
@@ -59,12 +59,9 @@ def by_reachable(target: float) -> Rule:
 
 def by_curve(target: float) -> Rule:
     def prune(accs, last, n):
-        curve = Curve.fit(accs)
-        if curve is None:
+        if len(accs) < 2:  # no curve: the guard predicts nothing from one epoch either
             return False
-        now = max(accs)
-        final = min(max(now, curve(last)), 1.0)
-        se = (binomial_se(final, n) or 0.0) + REMAINING_REL_SE * (final - now)
+        final, se = predicted_accuracy(accs, last, n)
         return final + Z * se < target
     return prune
 
@@ -188,11 +185,12 @@ def main() -> None:
                 rule = make(target)
                 lost = sum(not replay(t, target, rule, last)[1] for t in reached)
                 lost_total[name] += lost
-                kept_j = sum(replay(t, target, rule, last)[0] for t in failing)
+                cut = [replay(t, target, rule, last) for t in failing]
+                kept_j = sum(j for j, _, _ in cut)
                 whole_j = sum(t["energy_j"] for t in failing) or float("nan")
                 ratios = [to_target(o, target, rule, last) / p for o, p in zip(orders, plain, strict=True)]
                 q1, med, q3 = quartiles(ratios)
-                epochs = statistics.median([replay(t, target, rule, last)[2] for t in failing]) if failing else 0
+                epochs = statistics.median([e for _, _, e in cut]) if cut else 0
                 print(f"  {name:9} lost {lost} of {len(reached)}; failing trials used {kept_j / whole_j:.2f} of "
                       f"their energy (median {epochs:g} epochs); energy to target / without pruning: median "
                       f"{med:.2f} [quartiles {q1:.2f}-{q3:.2f}]")

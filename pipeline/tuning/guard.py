@@ -61,6 +61,17 @@ def dominated(predicted: tuple[float, float], noise: tuple[float, float],
     return 0 not in noisy_front(points, errors)
 
 
+def predicted_accuracy(accs: list[float], epochs: int, val_samples: int, fit: bool = True) -> tuple[float, float]:
+    """(the accuracy a run is predicted to end at by epoch ``epochs``, its standard error): the
+    learning curve's (``Curve``) through ``accs``, never below the best so far (the best so far
+    where ``fit`` is False or no curve fits), with the binomial error on the validation split plus
+    ``REMAINING_REL_SE`` of the gain still to come."""
+    now = max(accs, default=0.0)
+    curve = Curve.fit(accs) if fit else None
+    final = min(max(now, curve(epochs)), 1.0) if curve is not None else now
+    return final, (binomial_se(final, val_samples) or 0.0) + REMAINING_REL_SE * (final - now)
+
+
 class TrialGuard(pl.Callback):
     """Stops a trial for the budget, prunes it on the Pareto front or short of ``target`` (the
     validation accuracy it must be able to reach; None: no such rule). See the module."""
@@ -100,10 +111,8 @@ class TrialGuard(pl.Callback):
         if len(done) < max(self.startup_trials, 1):
             return
         spent_j = sum(e.energy_j or 0.0 for e in recorder.epochs)
-        now = max(accs, default=0.0)
-        curve = Curve.fit(accs) if len(accs) == len(recorder.epochs) else None
-        final = min(max(now, curve(f.epochs)), 1.0) if curve is not None else now
-        se_acc = (binomial_se(final, self.val_samples) or 0.0) + REMAINING_REL_SE * (final - now)
+        complete = len(accs) == len(recorder.epochs)
+        final, se_acc = predicted_accuracy(accs, f.epochs, self.val_samples, fit=complete)
         se_kwh = REMAINING_REL_SE * (f.total_j - spent_j) / J_PER_KWH
         if dominated((final, f.total_j / J_PER_KWH), (se_acc, se_kwh), done):
             self.trial.set_user_attr(STOPPED_FOR_ATTR, "pareto")

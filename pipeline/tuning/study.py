@@ -294,9 +294,10 @@ def select_trial(study: optuna.Study, params: Params) -> tuple[optuna.trial.Froz
 
 
 def _why_none_completed(study: optuna.Study, params: Params) -> str:
+    from collections import Counter
+
     trials = ran(study.get_trials(deepcopy=False))
-    states = ", ".join(f"{n} {s}" for s, n in sorted(
-        {t.state.name.lower(): sum(u.state == t.state for u in trials) for t in trials}.items()))
+    states = ", ".join(f"{n} {s}" for s, n in sorted(Counter(t.state.name.lower() for t in trials).items()))
     why = f"study {study.study_name}: no trial completed, nothing to select ({len(trials)} trials: {states or 'none'})"
     for_target = sum(t.user_attrs.get(STOPPED_FOR_ATTR) == "target" for t in trials)
     if for_target:
