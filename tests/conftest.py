@@ -180,6 +180,32 @@ def _signals_restored():
         signal.signal(sig, handler)
 
 
+_SHARED_WARM_HOME: list[str] = []
+
+
+def shared_warm() -> dict:
+    """The variables that run a command in the warm servers (pipeline.warm) this test process shares
+    among its tests: ``PIPELINE_WARM=1`` and one private socket folder, so that commands with the
+    same environment (what a server is keyed on) reuse one server instead of importing torch,
+    Lightning and MLflow each. Tests of what a signal does to a command's own process keep
+    ``PIPELINE_WARM=0`` (the default here). The servers are stopped at the end of the session."""
+    import tempfile
+
+    if not _SHARED_WARM_HOME:
+        _SHARED_WARM_HOME.append(tempfile.mkdtemp(prefix="warm-", dir="/tmp"))
+    return {"PIPELINE_WARM": "1", "XDG_RUNTIME_DIR": _SHARED_WARM_HOME[0]}
+
+
+def pytest_unconfigure(config):
+    if _SHARED_WARM_HOME:
+        import shutil
+
+        from pipeline import warm
+
+        warm.stop({"XDG_RUNTIME_DIR": _SHARED_WARM_HOME[0]})
+        shutil.rmtree(_SHARED_WARM_HOME[0], ignore_errors=True)
+
+
 @contextmanager
 def warm_env(base: dict | None = None):
     """``base`` (this environment, less DVC's and MLflow's variables) with its pipeline commands

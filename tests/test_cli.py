@@ -1,11 +1,15 @@
+import os
 import subprocess
 import sys
 
 import pytest
 
+from .conftest import shared_warm
+
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env={**os.environ, **shared_warm()},
+                          capture_output=True, text=True, timeout=120)
 
 
 def test_help_lists_the_stages(workdir):

@@ -3,6 +3,7 @@ rules on hand-made points are in test_pareto.py."""
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.reporting.compare import FilterError, Filters, parse_when, resolve_commit
 
-from .conftest import ROOT
+from .conftest import ROOT, shared_warm
 
 DAY_MS = 86_400_000
 T0 = 1_780_000_000_000  # 2026-05-28, a fixed origin for the runs' start times
@@ -284,7 +285,7 @@ def test_empty_selection_names_what_exists(in_store, capsys):
 def test_missing_store_is_an_error_and_creates_nothing(workdir):
     (workdir / "params.yaml").write_text("base: {seed: 1}\n")
     out = subprocess.run([sys.executable, "-m", "pipeline", "compare"], cwd=workdir, capture_output=True, text=True,
-                         timeout=120)
+                         env={**os.environ, **shared_warm()}, timeout=120)
     assert out.returncode == 2 and "no MLflow store" in out.stderr and "Traceback" not in out.stderr
     assert not (workdir / "mlruns").exists() and not (workdir / "reports").exists()
 

@@ -26,7 +26,7 @@ from pipeline.tracking import client_for
 from pipeline.training.data import Batches, split_tensors
 from pipeline.training.train import train_family
 
-from .conftest import make_dvc_repo, tiny_raw
+from .conftest import make_dvc_repo, shared_warm, tiny_raw
 
 FAMILIES = ["mlp", "cnn", "rnn", "transformer"]
 
@@ -452,6 +452,7 @@ def test_dvc_reruns_compress_only_when_its_params_or_model_change(tmp_path):
     raw = tiny_raw(**{"compress.techniques": ["prune"], "compress.prune.kinds": ["global"]})
     raw["families"] = ["mlp"]
     env, _ = make_dvc_repo(d, raw)
+    env.update(shared_warm())
     stage = "compress@mlp-baseline"
     first = _sh(["dvc", "repro", stage], d, env)
     assert f"Running stage '{stage}'" in first and "Running stage 'train@mlp'" in first

@@ -34,7 +34,7 @@ from pipeline.tracking import client_for
 from pipeline.training.train import train_family
 from pipeline.tuning import study as st
 
-from .conftest import make_dvc_repo, sqlite_count, tiny_raw
+from .conftest import make_dvc_repo, shared_warm, sqlite_count, tiny_raw
 
 pytestmark = pytest.mark.slow
 HOOK = Path(__file__).parent / "signal_hook"
@@ -212,6 +212,7 @@ def test_ctrl_c_on_dvc_repro_exits_fast_and_the_next_repro_resumes(tmp_path):
     raw["tune"]["search"]["n_trials"] = 4
     env, _ = make_dvc_repo(d, raw)
     env["OMP_NUM_THREADS"] = "1"
+    env.update(shared_warm())  # the stages' commands run in a warm server, as by default: Ctrl-C reaches them there
     proc = subprocess.Popen(["dvc", "repro", "tune@mlp"], cwd=d, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 300

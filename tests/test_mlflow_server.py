@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, tiny_raw
+from .conftest import ROOT, shared_warm, tiny_raw
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 EXPERIMENT = "energy-pipeline"
@@ -121,6 +121,7 @@ def _env(server: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING", "OPTUNA_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
+    env.update(shared_warm())
     if server:
         env["MLFLOW_TRACKING_URI"] = server
     return env

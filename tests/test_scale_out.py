@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.config import ParamsError, parse_params
 
-from .conftest import ROOT, make_dvc_repo, sqlite_count, tiny_raw, warm_env
+from .conftest import ROOT, make_dvc_repo, shared_warm, sqlite_count, tiny_raw, warm_env
 
 EXIT_WITHIN_S = 10
 
@@ -339,6 +339,7 @@ def test_prepared_data_and_models_reach_another_clone_through_a_dvc_remote(tmp_p
     raw["families"] = ["mlp"]
     a, b, remote = tmp_path / "a", tmp_path / "b", tmp_path / "remote"
     env, git = make_dvc_repo(a, raw)
+    env.update(shared_warm())
 
     def run(cmd, cwd):
         out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
@@ -374,6 +375,7 @@ def test_a_queued_grid_of_four_runs_two_at_a_time_each_with_its_runs_and_energy(
     raw = tiny_raw(**{"train.max_epochs": 1})
     raw["families"] = ["mlp"]
     env, git = make_dvc_repo(tmp_path, raw)
+    env.update(shared_warm())
 
     def run(*cmd, timeout=240):
         out = subprocess.run(list(cmd), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
