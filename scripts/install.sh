@@ -64,8 +64,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.sta
     pip_quiet install -q "torch==2.13.0"
   fi
 fi
-# The rest through uv, which resolves, downloads and installs in parallel: 11 s here where pip took
-# over 2 minutes. torch is installed already, so uv keeps that build (it satisfies torch==2.13.0).
+# The rest through uv, which resolves, downloads and installs in parallel: this whole script took
+# 1 min 38 s from nothing on a 2-core machine, where with pip it took about 2 min 50 s (Chromium
+# present in both). torch is installed already, so uv keeps that build (it satisfies torch==2.13.0).
 # --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would
 # otherwise compile MLflow, Lightning and the rest again at each import.
 pip_quiet install -q "uv==0.13.9"
