@@ -136,19 +136,27 @@ def _recv(sock: socket.socket) -> dict:
 
 
 # -- the command's side ------------------------------------------------------------------------
+# Commands that import little of PRELOAD (prepare reads and splits the data: no Lightning, MLflow,
+# CodeCarbon or Optuna). Where no server listens yet, such a command starts one for the commands
+# after it and runs at once in its own process, beside the server's start, rather than waiting
+# for the server's imports (the first command of a `dvc repro` is prepare).
+BESIDE_START = frozenset({"prepare"})
+
+
 def run_command(argv: list[str]) -> int | None:
     """Run ``python -m pipeline argv`` in this environment's warm server (started and waited for
-    where none runs); its exit status. None where no server can take it: run it here."""
+    where none runs); its exit status. None where no server takes it: run it here."""
     if not argv or {"-h", "--help"} & set(argv):  # help needs none of the libraries
         return None
-    sock = connect()
+    sock = connect(wait=argv[0] not in BESIDE_START)
     return None if sock is None else _delegate(sock, argv)
 
 
-def connect(start_timeout_s: float = 30.0) -> socket.socket | None:
+def connect(start_timeout_s: float = 30.0, wait: bool = True) -> socket.socket | None:
     """A connection to the server of this process's key. Where none listens, start one (unless a
-    server of this key refused to serve) and wait for it to listen: the command then waits in its
-    queue while it imports, rather than importing the same beside it on the same cores."""
+    server of this key refused to serve) and, with ``wait``, wait for it to listen: the command then
+    waits in its queue while it imports, rather than importing the same beside it on the same
+    cores. Without ``wait``, None once the server is started."""
     try:
         where = socket_dir()
         path = where / f"{server_key()}.sock"
@@ -169,6 +177,8 @@ def connect(start_timeout_s: float = 30.0) -> socket.socket | None:
             if path.with_suffix(".refused").exists():  # said why in its log; commands run alone
                 return None
             started = _start_server(where, path)
+            if not wait:
+                return None
         elif started.poll() is not None or time.monotonic() > deadline:  # it left without listening
             return None
         time.sleep(0.02)

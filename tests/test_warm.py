@@ -179,3 +179,18 @@ def test_a_socket_path_over_the_kernels_limit_runs_the_command_alone(tmp_path, m
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(home))
     assert warm.run_command(["prepare"]) is None
     assert not list(warm.socket_dir().iterdir())  # and starts no server
+
+
+def test_prepare_starts_the_server_and_runs_beside_its_start(tmp_path):
+    """The first command of a repro, prepare, needs little of what a server imports: where none
+    listens it starts one for the commands after it and runs in its own process at once."""
+    d = _project(tmp_path / "p")
+    with warm_env() as env:
+        done = _pipeline(["prepare"], d, env)
+        assert done.returncode == 0, done.stderr
+        assert (d / "data" / "prepared" / "mnist1d.npz").is_file()
+        (log,) = warm.servers_of(env)  # started by prepare, which did not wait for it
+        assert not _served(log, "prepare")
+        _wait_for(lambda: " ready in " in log.read_text(), 180, "the server prepare started never got ready")
+        assert _pipeline(["prepare"], d, env).returncode == 0  # a server listens now: it serves prepare too
+        assert len(_served(log, "prepare")) == 1
