@@ -19,15 +19,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, pipeline_env, summary
+from _common import done_with, pipeline_env, scratch_project, summary
 
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 
@@ -44,18 +42,14 @@ def sh(case: Path, *cmd: str, timeout: float = 1800) -> str:
     return out.stdout
 
 
-def make_repo(case: Path) -> None:
-    for code in ("pipeline", "examples", "scripts"):
-        shutil.copytree(ROOT / code, case / code, ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("dvc.yaml", "params.yaml"):
-        shutil.copy(ROOT / f, case / f)
-    (case / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
-        sh(case, *cmd)
-    shutil.copy(ROOT / ".dvcignore", case / ".dvcignore")
+def make_repo() -> Path:
+    """A scratch project (``scratch_project``) with its data prepared and committed, so that the
+    queued experiments find it in the cache."""
+    case, _ = scratch_project("queue-grid-", [])
     sh(case, "dvc", "repro", "prepare")
     sh(case, *GIT, "add", "-A")
     sh(case, *GIT, "commit", "-qm", "prepared")
+    return case
 
 
 def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float, dict[str, dict]]:
@@ -97,9 +91,8 @@ def main() -> None:
     sets = args.sets or ["train.lr=0.001,0.003", "models.mlp.width=64,128"]
     walls: dict[int, list[float]] = {1: [], 2: []}
     runs: dict[int, dict[str, list[dict]]] = {1: {}, 2: {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        case = Path(tmp)
-        make_repo(case)
+    case = make_repo()
+    try:
         for r in range(args.rounds):
             for jobs in ((2, 1) if r % 2 == 0 else (1, 2)):
                 wall, points = run_grid(case, args.target, sets, jobs)
@@ -107,6 +100,8 @@ def main() -> None:
                 for p, m in points.items():
                     runs[jobs].setdefault(p, []).append(m)
                 print(f"round {r + 1}, -j {jobs}: {wall:.1f} s, {len(points)} experiments", file=sys.stderr, flush=True)
+    finally:
+        done_with(case, keep=False)
     n = len(next(iter(runs[1].values()), []))
     method = next(iter(runs[1].values()))[0]["method"]
     print(f"grid of {len(runs[1])} ({' x '.join(sets)}) -> dvc exp run --queue {args.target}; {args.rounds} rounds "

@@ -47,11 +47,6 @@ class ImportGraph:
             self._trees[rel] = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         return self._trees[rel]
 
-    def modules(self, under: str | None = None) -> set[str]:
-        """Every module file (repo-relative, posix) under the package, or under ``under``."""
-        base = self.root / (under or self.package)
-        return {p.relative_to(self.root).as_posix() for p in base.rglob("*.py") if "__pycache__" not in p.parts}
-
     def _module_file(self, dotted: str) -> tuple[str | None, bool]:
         """(file that importing ``dotted`` runs itself, whether it exists as a module or package)."""
         rel = dotted.replace(".", "/")
@@ -190,24 +185,6 @@ class ImportGraph:
                                          f"{', '.join(sorted(commands)) or 'none'}")
                     return found
         return None
-
-    def minimal_deps(self, modules: set[str]) -> list[str]:
-        """``modules`` as dvc deps: a subpackage directory when every module under it is used."""
-        out, covered = [], set()
-        dirs = sorted({Path(m).parent.as_posix() for m in self.modules()} - {self.package}, key=lambda d: d.count("/"))
-        for d in dirs:
-            under = self.modules(d)
-            if any(m in covered for m in under):
-                continue
-            if under <= modules:
-                out.append(d)
-                covered |= under
-        out += sorted(modules - covered)
-        return sorted(out)
-
-
-def covered_by(module: str, deps) -> bool:
-    return any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps)
 
 
 def load_stages(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, dict]:
