@@ -64,9 +64,10 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.sta
     pip_quiet install -q "torch==2.13.0"
   fi
 fi
-# The rest through uv, which resolves, downloads and installs in parallel: this whole script took
-# 1 min 38 s from nothing on a 2-core machine, where with pip it took about 2 min 50 s (Chromium
-# present in both). torch is installed already, so uv keeps that build (it satisfies torch==2.13.0).
+# The rest through uv, which resolves, downloads and installs in parallel: `time bash
+# scripts/install.sh` from nothing (Chromium present) read 1 min 38 s on a 2-core machine; with pip,
+# the install part of a CI run took about 2 min 47 s (733 s in all, less its 566 s suite).
+# torch is installed already, so uv keeps that build (it satisfies torch==2.13.0).
 # --compile-bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would
 # otherwise compile MLflow, Lightning and the rest again at each import.
 pip_quiet install -q "uv==0.13.9"
