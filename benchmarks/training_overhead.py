@@ -2,9 +2,12 @@
 
 For each family: the same model, optimizer, batches (in-memory slices), epochs and per-epoch
 validation pass, trained (a) through ``train_family`` (Lightning + MLflow + CodeCarbon + FLOP
-profiling + checkpoints + artifacts) and (b) by a hand-written loop. Each is timed at one epoch
-count, alternated; it prints the ratio of the measured training loop to the bare loop, and of the
-whole training path (the MLflow run and the model's export around the loop) to it.
+profiling + checkpoints + artifacts), (b) by a hand-written loop and (c) by Lightning's fit of the
+pipeline's own module and data path with nothing else around it (the *Lightning floor*: what any
+Lightning-driven training of this work costs). Each is timed at one epoch count, alternated; it
+prints the ratios of the measured training loop to the bare loop and to the floor, the floor's to
+the bare loop, and the whole training path's (the MLflow run and the model's export around the
+loop) to the bare loop.
 
     python benchmarks/training_overhead.py [--epochs 6] [--repeats 5] [--families mlp cnn rnn transformer] [--parts]
 
@@ -61,6 +64,30 @@ def bare_loop(params, family, prepared, epochs: int) -> tuple[float, int]:
             for x, y in val:
                 correct += int((model(x).argmax(1) == y).sum())
     return time.perf_counter() - t0, steps
+
+
+def lightning_floor(params, family, prepared, epochs: int) -> float:
+    """Wall time of Lightning's fit of the pipeline's own module and data path (``Classifier``,
+    ``PreparedDataModule``: manual optimization, in-memory batches, one loader item per epoch) on
+    the same work, with nothing of the pipeline around it: no energy meter, callbacks, checkpoint,
+    logger or progress bar. The least a Lightning-driven training of this work costs."""
+    import lightning.pytorch as pl
+
+    from pipeline.training.data import PreparedDataModule
+    from pipeline.training.module import Classifier
+    from pipeline.training.train import quiet_lightning, torch_flags_restored
+
+    quiet_lightning()
+    t0 = time.perf_counter()
+    torch.manual_seed(params.base.seed)
+    module = Classifier(build_model(model_spec(params, family, prepared)), prepared.card["num_classes"], params.train)
+    data = PreparedDataModule(prepared, params.train.batch_size, params.base.seed, params.evaluate.batch_size)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, deterministic="warn", default_root_dir=tempfile.mkdtemp())
+    with torch_flags_restored():
+        trainer.fit(module, datamodule=data)
+    return time.perf_counter() - t0
 
 
 def pipeline_path(params, family, prepared, epochs: int, meter) -> tuple[float, float, int]:
@@ -137,8 +164,8 @@ def main() -> None:
     pipeline_path(params, "mlp", prepared, 1, meter)  # cold: MLflow store creation, first Trainer
     print(f"cold first pipeline run of 1 MLP epoch (store creation, first Trainer): {time.perf_counter() - t0:.2f} s\n")
 
-    head = (f"{'family':12} {'steps':>5} {'bare loop s':>18} {'training loop s':>18} {'loop / bare':>18} "
-            f"{'whole path s':>18} {'whole / bare':>18} {'per run s':>18}")
+    head = (f"{'family':12} {'steps':>5} {'bare loop s':>18} {'Lightning floor s':>18} {'floor / bare':>18} "
+            f"{'training loop s':>18} {'loop / bare':>18} {'loop / floor':>18} {'whole / bare':>18} {'per run s':>18}")
     print(head)
     print("-" * len(head))
     for family in args.families:
@@ -146,12 +173,14 @@ def main() -> None:
         # slower (allocator, oneDNN primitive caches), which would be charged to whichever ran first.
         for _ in range(2):
             bare_loop(params, family, prepared, 1)
+            lightning_floor(params, family, prepared, 1)
             pipeline_path(params, family, prepared, 1, meter)
-        bare, loop, whole = [], [], []
+        bare, floor, loop, whole = [], [], [], []
         parts: dict[str, list[float]] = collections.defaultdict(list)
         for _ in range(args.repeats):  # alternated, so that drifts in machine speed hit both alike
             t, steps = bare_loop(params, family, prepared, args.epochs)
             bare.append(t)
+            floor.append(lightning_floor(params, family, prepared, args.epochs))
             if spent is not None:
                 spent.clear()
             t, measured, pipe_steps = pipeline_path(params, family, prepared, args.epochs, meter)
@@ -160,20 +189,24 @@ def main() -> None:
             assert steps == pipe_steps, (steps, pipe_steps)
             loop.append(measured)
             whole.append(t)
-        ratio_loop = [a / b for a, b in zip(loop, bare, strict=True)]
-        ratio_whole = [a / b for a, b in zip(whole, bare, strict=True)]
+        def ratio(a: list[float], b: list[float]) -> str:
+            return spread([x / y for x, y in zip(a, b, strict=True)])
+
         per_run = [a - b for a, b in zip(whole, loop, strict=True)]
-        print(f"{family:12} {steps:5d} {spread(bare):>18} {spread(loop):>18} {spread(ratio_loop):>18} "
-              f"{spread(whole):>18} {spread(ratio_whole):>18} {spread(per_run):>18}")
+        print(f"{family:12} {steps:5d} {spread(bare):>18} {spread(floor):>18} {ratio(floor, bare):>18} "
+              f"{spread(loop):>18} {ratio(loop, bare):>18} {ratio(loop, floor):>18} {ratio(whole, bare):>18} "
+              f"{spread(per_run):>18}")
         if parts:
             inside = [f - sum(parts[n][i] for n in parts if n != "Lightning fit")
                       for i, f in enumerate(parts["Lightning fit"])]
             print(f"{'':12} per run, s: " + ", ".join(f"{n} {spread(v)}" for n, v in parts.items())
                   + f", rest of Lightning fit {spread(inside)}")
-    print(f"\n{args.epochs} epochs; median [quartiles] of {args.repeats} alternated pairs, ratios taken per pair. "
-          "training loop: the block the pipeline measures (Lightning's fit: every step, the per-epoch validation, "
-          "energy reading, MLflow logging and checkpoint); whole path: train_family (plus the MLflow run, "
-          "FLOP profile, model export and artifacts); per run: whole path less training loop.")
+    print(f"\n{args.epochs} epochs; median [quartiles] of {args.repeats} alternated runs, ratios taken per "
+          "round. Lightning floor: Lightning's fit of the pipeline's module and data path alone (no meter, "
+          "callbacks, checkpoint or logger). training loop: the block the pipeline measures (Lightning's fit: "
+          "every step, the per-epoch validation, energy reading, MLflow logging and checkpoint); whole path: "
+          "train_family (plus the MLflow run, FLOP profile, model export and artifacts); per run: whole path less "
+          "training loop.")
 
 
 if __name__ == "__main__":
