@@ -1,13 +1,19 @@
-"""The code each DVC stage depends on: one fingerprint file per pipeline command.
+"""What each DVC stage depends on besides its data and models: one fingerprint file per pipeline
+command (and per model family, where the command reads a family's params).
 
 A stage runs ``python -m pipeline <command>``; the pipeline modules that command imports are
-derived from the code with ``ast`` (scripts/importgraph.py). ``--fingerprints DIR`` (the
-``fingerprints`` stage of dvc.yaml, which depends on the whole package) writes ``DIR/<command>.txt``
-for every command a stage runs: each module the command imports with the hash of its content. A
-stage depends on its command's file, so a change to a module changes the files of exactly the
-commands that import it, and reruns exactly their stages; while dvc.lock lists one file per stage
-instead of each of its modules (DVC rewrites the whole of dvc.lock after every stage it runs, so
-its length costs every stage of a ``dvc repro``: docs/benchmarks.md).
+derived from the code with ``ast`` (scripts/importgraph.py), and the params it reads are listed in
+dvc.yaml under the stage's ``meta: {params: [...]}`` (dotted keys of params.yaml, as DVC's own
+``params:`` would name them; ``${item.family}`` stands for the stage's family). ``--fingerprints
+DIR`` (the ``fingerprints`` stage of dvc.yaml, which depends on the whole package and on
+params.yaml) writes ``DIR/<command>.txt``, or ``DIR/<command>-<family>.txt`` for each family of its
+stages' matrix where its params name one: the value of each param it reads, then each module it
+imports with the hash of its content. A stage depends on its file, so a change to a module or to a
+param reruns exactly the stages that import or read it; while dvc.lock records one file per stage
+instead of each module and each param's value (DVC reads dvc.lock on every ``dvc repro`` and
+rewrites the whole of it after every stage it runs, so its length costs every stage:
+docs/benchmarks.md). The top-level ``params: [params.yaml]`` of dvc.yaml keeps every param in ``dvc
+exp show`` and ``dvc params diff``.
 
     python scripts/stage_deps.py                            # print each stage's deps, and what differs
     python scripts/stage_deps.py --write                    # put them in dvc.yaml (only deps lists change)
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -29,10 +36,13 @@ sys.path.insert(0, str(ROOT))
 from scripts.importgraph import ImportGraph, dep_paths, load_stages  # noqa: E402
 
 FINGERPRINTS = "fingerprints"  # the folder, relative to the project, as dvc.yaml names it
+FAMILY = "${item.family}"  # in a stage's meta params and its fingerprint's path: the stage's family
+ABSENT = object()  # a key params.yaml does not hold
 
 
-def fingerprint_path(command: str) -> str:
-    return f"{FINGERPRINTS}/{command}.txt"
+def fingerprint_path(command: str, per_family: bool = False) -> str:
+    """The fingerprint a stage running ``command`` lists, as dvc.yaml spells it."""
+    return f"{FINGERPRINTS}/{command}-{FAMILY}.txt" if per_family else f"{FINGERPRINTS}/{command}.txt"
 
 
 def is_code(dep: str, package: str) -> bool:
@@ -49,18 +59,71 @@ def commands(graph: ImportGraph, stages: dict) -> dict[str, str]:
     return out
 
 
-def fingerprint(graph: ImportGraph, command: str) -> str:
-    """Every module ``command`` imports, one per line: the sha256 of its content and its path."""
+def stage_params(stage: dict) -> list[str]:
+    """The params a stage's command reads: its ``meta: {params: [...]}``."""
+    return list((stage.get("meta") or {}).get("params") or [])
+
+
+def command_params(graph: ImportGraph, stages: dict) -> dict[str, list[str]]:
+    """command -> the params it reads; every stage that runs one command must list the same."""
+    out: dict[str, list[str]] = {}
+    for name, command in commands(graph, stages).items():
+        keys = stage_params(stages[name])
+        if out.setdefault(command, keys) != keys:
+            raise SystemExit(f"error: dvc.yaml: the stages running `{command}` list different meta params")
+    return out
+
+
+def lookup(params: dict, key: str):
+    """The value of a dotted key of params.yaml, or ``ABSENT``."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return ABSENT
+        node = node[part]
+    return node
+
+
+def stage_families(stage: dict, params: dict) -> list[str]:
+    """The families of a stage's ``matrix: {family: ...}`` (a list, or ``${key}`` of params.yaml)."""
+    axis = (stage.get("matrix") or {}).get("family")
+    if isinstance(axis, str) and axis.startswith("${") and axis.endswith("}"):
+        axis = lookup(params, axis[2:-1])
+    return [str(f) for f in axis] if isinstance(axis, list) else []
+
+
+def fingerprint(graph: ImportGraph, command: str, values: dict | None = None) -> str:
+    """The params ``command`` reads with their values (``values``: key -> value), then every module
+    it imports, one per line: the sha256 of its content and its path."""
+    head = f"# what `python -m {graph.package} {command}` reads: params.yaml's keys, then its modules (scripts/stage_deps.py)\n"
+    shown = "".join(f"# {k}: absent from params.yaml\n" if v is ABSENT
+                    else f"{k}: {json.dumps(v, sort_keys=True, default=str)}\n" for k, v in (values or {}).items())
     lines = [f"{hashlib.sha256((graph.root / m).read_bytes()).hexdigest()}  {m}"
              for m in sorted(graph.command_closure(command))]
-    return f"# the modules `python -m {graph.package} {command}` imports (scripts/stage_deps.py)\n" + "\n".join(lines) + "\n"
+    return head + shown + "\n".join(lines) + "\n"
 
 
-def write_fingerprints(graph: ImportGraph, stages: dict, folder: Path) -> list[Path]:
-    """Write each command's file into ``folder`` (unchanged files are not touched); remove the files
-    of commands no stage runs. Returns the files written."""
+def wanted_fingerprints(graph: ImportGraph, stages: dict, params: dict) -> dict[str, str]:
+    """file name -> content of every fingerprint the stages read."""
+    keys_of = command_params(graph, stages)
+    runs = commands(graph, stages)
+    wanted = {}
+    for command, keys in sorted(keys_of.items()):
+        if not any(FAMILY in k for k in keys):
+            wanted[f"{command}.txt"] = fingerprint(graph, command, {k: lookup(params, k) for k in keys})
+            continue
+        families = sorted({f for name, c in runs.items() if c == command for f in stage_families(stages[name], params)})
+        for family in families:
+            values = {k.replace(FAMILY, family): lookup(params, k.replace(FAMILY, family)) for k in keys}
+            wanted[f"{command}-{family}.txt"] = fingerprint(graph, command, values)
+    return wanted
+
+
+def write_fingerprints(graph: ImportGraph, stages: dict, folder: Path, params: dict | None = None) -> list[Path]:
+    """Write each fingerprint into ``folder`` (unchanged files are not touched); remove the files
+    no stage reads. ``params``: params.yaml's content. Returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = {f"{c}.txt": fingerprint(graph, c) for c in sorted(set(commands(graph, stages).values()))}
+    wanted = wanted_fingerprints(graph, stages, params or {})
     written = []
     for name, text in wanted.items():
         path = folder / name
@@ -76,7 +139,8 @@ def write_fingerprints(graph: ImportGraph, stages: dict, folder: Path) -> list[P
 def wanted_deps(graph: ImportGraph, stages: dict) -> dict[str, list[str]]:
     """stage -> the deps it should list: its data and model deps as they are, then its command's
     fingerprint in place of any code."""
-    return {name: [d for d in dep_paths(stages[name]) if not is_code(d, graph.package)] + [fingerprint_path(command)]
+    return {name: [d for d in dep_paths(stages[name]) if not is_code(d, graph.package)]
+            + [fingerprint_path(command, any(FAMILY in k for k in stage_params(stages[name])))]
             for name, command in commands(graph, stages).items()}
 
 
@@ -107,14 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dvc-yaml", type=Path, default=ROOT / "dvc.yaml")
     p.add_argument("--write", action="store_true", help="rewrite the deps lists of dvc.yaml in place")
     p.add_argument("--fingerprints", type=Path, metavar="DIR", help="write each command's fingerprint into DIR")
+    p.add_argument("--params", type=Path, help="the params file the stages read (default: params.yaml beside dvc.yaml)")
     args = p.parse_args(argv)
     root = args.dvc_yaml.resolve().parent
     graph = ImportGraph(root)
     stages = load_stages(args.dvc_yaml)
     if args.fingerprints:
+        import yaml
+
         folder = args.fingerprints if args.fingerprints.is_absolute() else root / args.fingerprints
-        for path in write_fingerprints(graph, stages, folder):
-            print(f"updated {path.relative_to(root)}")
+        params_file = args.params or root / "params.yaml"
+        try:
+            params = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.exists() else {}
+        except yaml.YAMLError as err:
+            raise SystemExit(f"error: {params_file}: not valid YAML: {err}") from None
+        if params is not None and not isinstance(params, dict):
+            raise SystemExit(f"error: {params_file}: expected a mapping of params, found {type(params).__name__}")
+        for path in write_fingerprints(graph, stages, folder, params or {}):
+            print(f"updated {path.relative_to(root) if path.is_relative_to(root) else path}")
         return 0
     found = wanted_deps(graph, stages)
     if args.write:

@@ -459,6 +459,8 @@ def test_dvc_reruns_compress_only_when_its_params_or_model_change(tmp_path):
     assert json.loads((d / "metrics/compress/mlp-baseline.json").read_text())["variants"]
 
     def changed() -> set:
+        """The stages to rerun once the fingerprints (params read, code) are written again."""
+        _sh(["dvc", "repro", "fingerprints"], d, env)
         return set(json.loads(_sh(["dvc", "status", "--json", stage], d, env) or "{}"))
 
     def edit(dotted, value):

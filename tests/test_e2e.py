@@ -130,11 +130,16 @@ def test_changing_lr_invalidates_train_only(repo):
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["train"]["lr"] = 0.005
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The params a stage reads are in its fingerprint, which the first stage writes from params.yaml.
+    assert set(json.loads(sh(["dvc", "status", "--json"], d, env).stdout)) == {"fingerprints"}
+    sh(["dvc", "repro", "fingerprints"], d, env)
     changed = set(json.loads(sh(["dvc", "status", "--json"], d, env).stdout))
     # train and tune read train.lr; evaluate and report follow their changed deps.
     assert changed == {f"{s}@{f}" for s in ("train", "tune") for f in FAMILIES} | {SWEEP_STAGE}
     params["train"]["lr"] = 0.003
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(["dvc", "repro", "fingerprints"], d, env)
+    assert json.loads(sh(["dvc", "status", "--json"], d, env).stdout or "{}") == {}
 
 
 def test_a_targeted_dvc_experiment_reruns_its_chain_only_and_shows_accuracy_and_energy(repo):
