@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]  # commits in scratch projects
 
 
 def pipeline_env(**extra: str) -> dict[str, str]:
@@ -85,11 +86,10 @@ def scratch_project(prefix: str, profiles: list[Path], extra: Path | None = None
     if merged:
         timed_run([sys.executable, "-m", "pipeline", "apply-profile", *merged], d, env)
     (d / ".gitignore").write_text("/mlruns/\n/optuna/\n__pycache__/\n")
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         timed_run(cmd, d, env)
     shutil.copy(ROOT / ".dvcignore", d / ".dvcignore")
-    for cmd in (git + ["add", "-A"], git + ["commit", "-qm", "init"]):
+    for cmd in (GIT + ["add", "-A"], GIT + ["commit", "-qm", "init"]):
         timed_run(cmd, d, env)
     return d, env
 

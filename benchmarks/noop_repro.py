@@ -26,7 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import done_with, scratch_project, stage_count, summary, timed_run  # noqa: E402
+from benchmarks._common import GIT, done_with, scratch_project, stage_count, summary, timed_run  # noqa: E402
 
 # Small work, the same stages: what no-op repro costs depends on the graph, not on the work.
 SHRINK = {
@@ -46,9 +46,8 @@ def trivial_graph(stages: int, env: dict) -> Path:
     graph = {f"s{i}": {"cmd": f"cp in.txt out{i}.txt", "deps": ["in.txt"], "outs": [f"out{i}.txt"]}
              for i in range(stages)}
     (d / "dvc.yaml").write_text(yaml.safe_dump({"stages": graph}))
-    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"], git + ["add", "-A"],
-                git + ["commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"], GIT + ["add", "-A"],
+                GIT + ["commit", "-qm", "init"]):
         timed_run(cmd, d, env)
     return d
 

@@ -25,9 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import done_with, pipeline_env, scratch_project, summary
-
-GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+from _common import GIT, done_with, pipeline_env, scratch_project, summary
 
 
 def dvc_env() -> dict[str, str]:
