@@ -82,10 +82,10 @@ def lightning_floor(params, family, prepared, epochs: int) -> float:
     torch.manual_seed(params.base.seed)
     module = Classifier(build_model(model_spec(params, family, prepared)), prepared.card["num_classes"], params.train)
     data = PreparedDataModule(prepared, params.train.batch_size, params.base.seed, params.evaluate.batch_size)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[],
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, deterministic="warn", default_root_dir=tempfile.mkdtemp())
-    with torch_flags_restored():
+    with tempfile.TemporaryDirectory() as root, torch_flags_restored():
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[],
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, deterministic="warn", default_root_dir=root)
         trainer.fit(module, datamodule=data)
     return time.perf_counter() - t0
 

@@ -92,15 +92,19 @@ def stage_families(stage: dict, params: dict) -> list[str]:
     return [str(f) for f in axis] if isinstance(axis, list) else []
 
 
-def fingerprint(graph: ImportGraph, command: str, values: dict | None = None) -> str:
-    """The params ``command`` reads with their values (``values``: key -> value), then every module
-    it imports, one per line: the sha256 of its content and its path."""
+def module_hashes(graph: ImportGraph, command: str) -> str:
+    """Every module ``command`` imports, one per line: the sha256 of its content and its path."""
+    return "".join(f"{hashlib.sha256((graph.root / m).read_bytes()).hexdigest()}  {m}\n"
+                   for m in sorted(graph.command_closure(command)))
+
+
+def fingerprint(graph: ImportGraph, command: str, values: dict | None = None, modules: str | None = None) -> str:
+    """The params ``command`` reads with their values (``values``: key -> value), then its
+    ``module_hashes`` (``modules``, where the caller has them already)."""
     head = f"# what `python -m {graph.package} {command}` reads: params.yaml's keys, then its modules (scripts/stage_deps.py)\n"
     shown = "".join(f"# {k}: absent from params.yaml\n" if v is ABSENT
                     else f"{k}: {json.dumps(v, sort_keys=True, default=str)}\n" for k, v in (values or {}).items())
-    lines = [f"{hashlib.sha256((graph.root / m).read_bytes()).hexdigest()}  {m}"
-             for m in sorted(graph.command_closure(command))]
-    return head + shown + "\n".join(lines) + "\n"
+    return head + shown + (modules if modules is not None else module_hashes(graph, command))
 
 
 def wanted_fingerprints(graph: ImportGraph, stages: dict, params: dict) -> dict[str, str]:
@@ -109,13 +113,14 @@ def wanted_fingerprints(graph: ImportGraph, stages: dict, params: dict) -> dict[
     runs = commands(graph, stages)
     wanted = {}
     for command, keys in sorted(keys_of.items()):
+        modules = module_hashes(graph, command)  # once per command, whatever its families
         if not any(FAMILY in k for k in keys):
-            wanted[f"{command}.txt"] = fingerprint(graph, command, {k: lookup(params, k) for k in keys})
+            wanted[f"{command}.txt"] = fingerprint(graph, command, {k: lookup(params, k) for k in keys}, modules)
             continue
         families = sorted({f for name, c in runs.items() if c == command for f in stage_families(stages[name], params)})
         for family in families:
             values = {k.replace(FAMILY, family): lookup(params, k.replace(FAMILY, family)) for k in keys}
-            wanted[f"{command}-{family}.txt"] = fingerprint(graph, command, values)
+            wanted[f"{command}-{family}.txt"] = fingerprint(graph, command, values, modules)
     return wanted
 
 

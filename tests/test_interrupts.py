@@ -142,7 +142,7 @@ CASES = {
     "heartbeat-started": ("tune", "optuna.storages._heartbeat:HeartbeatThread.start:after", None),
     "second-trial-ask": ("tune", "optuna.study.study:Study.ask:after:2", None),
     "tune-final-logging": ("tune", "pipeline.tuning.tune:_save_plots:before", None),
-    "evaluation": ("evaluate", "pipeline.evaluation.inference_energy:_predict_on:before:4", None),
+    "evaluation": ("evaluate", "pipeline.evaluation.inference_energy:predict:before:4", None),
 }
 
 

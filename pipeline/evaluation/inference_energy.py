@@ -91,31 +91,21 @@ def synchronize(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
     """The model's outputs over a whole split, ``batch_size`` samples at a time, on the CPU: the
     one batched prediction (evaluation, the energy readings, a teacher's logits for
     distillation). ``x`` is copied to the model's device once if it is elsewhere (measurements
-    place it there first). The model is run as it is: callers put it in eval mode (loaded
-    models are)."""
-    return _passes(model, x.to(model_device(model)), batch_size)
-
-
-def _passes(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``logits`` of ``x`` already where the model computes: what a measured pass runs, without
-    looking for the model's device again (a walk over its parameters, ~10 us a pass)."""
+    place it there first). ``device``: where the model computes, where the caller knows it (a
+    measured pass does not look it up again: a walk over the model's parameters, ~10 us a pass).
+    The model is run as it is: callers put it in eval mode (loaded models are)."""
+    x = x.to(device if device is not None else model_device(model))
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).cpu()
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | None = None) -> torch.Tensor:
     """Predicted classes over a split (``logits`` then argmax), on the CPU."""
-    return logits(model, x, batch_size).argmax(1)
-
-
-@torch.inference_mode()
-def _predict_on(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``predict`` of ``x`` already where the model computes."""
-    return _passes(model, x, batch_size).argmax(1)
+    return logits(model, x, batch_size, device).argmax(1)
 
 
 @dataclass(frozen=True)
@@ -173,14 +163,15 @@ def measure_rounds(models: dict[str, nn.Module], x: torch.Tensor, batch_size: in
         for name in (names if r % 2 == 0 else names[::-1]):
             interrupts.check()  # between readings: Ctrl-C ends a long measurement within one reading
             model = models[name]
-            xm = on[model_device(model)]
-            _predict_on(model, xm, batch_size)  # warm-up: caches and allocator for this model
+            device = model_device(model)
+            xm = on[device]
+            predict(model, xm, batch_size, device)  # warm-up: caches and allocator for this model
             passes = 0
             c0 = time.process_time()
             with meter.measure() as m:
                 t0 = time.perf_counter()
                 while passes == 0 or time.perf_counter() - t0 < per_round_s:
-                    _predict_on(model, xm, batch_size)  # ends with a copy to the CPU: the device's work is done
+                    predict(model, xm, batch_size, device)  # ends with a copy to the CPU: the device's work is done
                     passes += 1
             cpu[name].append(time.process_time() - c0)
             readings[name].append(m.total)
