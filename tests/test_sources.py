@@ -134,6 +134,33 @@ def test_image_folder_pooled_and_given_splits(tiny_params, workdir):
         prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "empty"}))
 
 
+def test_images_deeper_than_8_bits_keep_their_range(workdir):
+    """A 16-bit image is scaled by 65,535, not clipped at 255 (Pillow's own conversion to 8 bits
+    would make most of its pixels white); a float image keeps its values; a folder mixing 8- and
+    16-bit images of the same content reads them alike, in grayscale or RGB; a truncated file
+    is named."""
+    from PIL import Image
+
+    from pipeline.data.images import Images, ImagesParams
+
+    ramp = np.linspace(0, 1, 6 * 4, dtype=np.float64).reshape(4, 6)
+    for c in ("a", "b"):
+        (workdir / "deep" / c).mkdir(parents=True)
+        Image.fromarray((ramp * 65535).astype(np.uint16)).save(workdir / "deep" / c / "16.png")
+        Image.fromarray((ramp * 255).astype(np.uint8)).save(workdir / "deep" / c / "8.png")
+        Image.fromarray(ramp.astype(np.float32)).save(workdir / "deep" / c / "f.tiff")
+    assert Image.open(workdir / "deep" / "a" / "16.png").mode == "I;16"
+    for mode, channels in (("grayscale", 1), ("rgb", 3), ("auto", 1)):
+        loaded = Images().load(ImagesParams(path="deep", image_size=(4, 6), mode=mode, resample="nearest"))
+        x, y = loaded.splits["all"]
+        assert x.shape == (6, channels, 4, 6) and list(y) == ["a"] * 3 + ["b"] * 3
+        for img in x:  # 16.png, 8.png, f.tiff of each class: the same ramp
+            np.testing.assert_allclose(img, np.broadcast_to(ramp, img.shape), atol=1 / 255)
+    (workdir / "deep" / "b" / "16.png").write_bytes((workdir / "deep" / "a" / "16.png").read_bytes()[:60])
+    with pytest.raises(DataError, match=r"deep/b/16.png: not a readable image"):
+        Images().load(ImagesParams(path="deep", image_size=4))
+
+
 def test_npz_given_splits_are_kept(tiny_params, workdir):
     rng = np.random.default_rng(1)
     x_tr, x_te, x_va = rng.normal(size=(40, 16)), rng.normal(size=(10, 16)) + 3, rng.normal(size=(8, 16))

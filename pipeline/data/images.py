@@ -2,16 +2,27 @@
 read with Pillow and resized to ``image_size``. Where the folder holds ``train/`` and ``test/``
 (and optionally ``val/``), each with the class sub-folders, those splits are kept; otherwise the
 images are one pool split by ``prepare``. ``mode``: ``grayscale`` (1 channel), ``rgb`` (3), or
-``auto``: grayscale when every image is, else RGB."""
+``auto``: grayscale when every image is, else RGB.
+
+Pixels become 0..1 by the depth of each file: 8-bit images divided by 255, 16-bit ones (mode
+``I;16``, and 32-bit integer ``I``, Pillow's container for 16-bit data) by 65,535; float images
+(``F``) keep their values. Each image is decoded, converted and resized on its own, so memory holds
+the resized arrays, never the full-size folder."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
 from pipeline.data.source import DataError, Loaded, Source, SourceParams, register_source
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+#: Full scale of the single-channel modes deeper than 8 bits (Pillow converts them to ``L`` by
+#: clipping at 255, which would saturate a 16-bit image): pixels are divided by it.
+DEEP_SCALE = {"I": 65535.0, "I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "F": 1.0}
 
 
 class ImagesParams(SourceParams):
@@ -59,6 +70,7 @@ class Images(Source):
 
     def load(self, params: ImagesParams) -> Loaded:
         from PIL import Image, UnidentifiedImageError
+        from tqdm import tqdm
 
         root = Path(params.path)
         if not root.is_dir():
@@ -69,27 +81,51 @@ class Images(Source):
         scanned = {s: _scan(f) for s, f in folders.items()}
         resample = getattr(Image.Resampling, params.resample.upper())
         h, w = params.size
-        images: dict[str, list[Image.Image]] = {}
-        for split, items in scanned.items():
-            images[split] = []
-            for file, _ in items:
-                try:
-                    with Image.open(file) as im:
-                        im.load()
-                        images[split].append(im.copy())
-                except (UnidentifiedImageError, OSError) as err:
-                    raise DataError(f"{file}: not a readable image ({type(err).__name__}: {err})") from None
-        if params.mode == "auto":
-            gray = all(im.mode in ("1", "L", "I", "I;16", "F") for ims in images.values() for im in ims)
+
+        def opened(file: Path):
+            try:
+                return Image.open(file)
+            except (UnidentifiedImageError, OSError) as err:
+                raise DataError(f"{file}: not a readable image ({type(err).__name__}: {err})") from None
+
+        files = [file for items in scanned.values() for file, _ in items]
+        if params.mode == "auto":  # the header says the mode: nothing decoded yet
+            gray = True
+            for file in files:
+                with opened(file) as im:
+                    gray = im.mode in GRAY_MODES
+                if not gray:
+                    break
             mode = "L" if gray else "RGB"
         else:
             mode = "L" if params.mode == "grayscale" else "RGB"
+        # A bar on a terminal for folders that take a while to read.
+        bar = tqdm(total=len(files), desc="read images", unit="image", disable=len(files) < 500 or not sys.stderr.isatty())
         splits = {}
-        for split, ims in images.items():
-            arr = np.stack([np.asarray(im.convert(mode).resize((w, h), resample), dtype=np.float32) / 255.0
-                            for im in ims])
-            x = arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2)
-            splits[split] = (x, np.array([label for _, label in scanned[split]]))
+        for split, items in scanned.items():
+            arrays = []
+            for file, _ in items:
+                with opened(file) as im:
+                    try:
+                        arrays.append(_pixels(im, mode, (w, h), resample))
+                    except (OSError, ValueError) as err:  # truncated or corrupt data behind a valid header
+                        raise DataError(f"{file}: not a readable image ({type(err).__name__}: {err})") from None
+                bar.update()
+            x = np.stack(arrays)
+            splits[split] = (x, np.array([label for _, label in items]))
+        bar.close()
         info = {"image_size": [h, w], "mode": "grayscale" if mode == "L" else "rgb",
                 "files": {s: len(items) for s, items in scanned.items()}}
         return Loaded(splits, "image", {s: str(f) for s, f in folders.items()}, info=info)
+
+
+def _pixels(im, mode: str, size: tuple[int, int], resample) -> np.ndarray:
+    """One image as float32 ``(C, H, W)`` in 0..1 (see the module for deeper images): converted
+    to ``mode`` (``L`` or ``RGB``) and resized to ``size`` (width, height)."""
+    scale = DEEP_SCALE.get(im.mode)
+    if scale is None:
+        arr = np.asarray(im.convert(mode).resize(size, resample), dtype=np.float32) / 255.0
+        return arr[None] if mode == "L" else arr.transpose(2, 0, 1)
+    gray = np.asarray(im.convert("F").resize(size, resample), dtype=np.float32) / scale
+    return gray[None] if mode == "L" else np.repeat(gray[None], 3, axis=0)
+
