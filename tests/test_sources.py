@@ -115,6 +115,31 @@ def _images(root, classes, n, size=(10, 12), mode="L"):
             Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(root / c / f"{i}.png")
 
 
+def test_table_missing_values_and_a_written_row_index(tiny_params, workdir):
+    """A missing feature value is an error naming its row and column, or its row is dropped and
+    counted (``missing: drop``); a blank-headed column (``to_csv`` with its index) is no feature."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=60), "b": pd.array(rng.integers(0, 9, 60), dtype="Int64"),
+                          "label": ["x", "y"] * 30})
+    frame.loc[7, "a"], frame.loc[9, "b"], frame.loc[11, "a"] = np.nan, pd.NA, np.inf
+    frame.to_parquet(workdir / "gaps.parquet")
+    table = {"data.dataset": "table", "data.table.path": "gaps.parquet"}
+    with pytest.raises(DataError, match=r"gaps.parquet.*3 missing or infinite feature value\(s\), the first in data "
+                                        r"row 7 .*column 'a'.*data.table.missing: drop"):
+        prepare(tiny_params(**table))
+    p = prepare(tiny_params(**table, **{"data.table.missing": "drop"}))
+    assert sum(p.card["num_samples"].values()) == 57 and p.card["rows_dropped_for_missing_values"] == {"all": 3}
+
+    frame.drop([7, 9, 11]).to_csv(workdir / "indexed.csv")  # the index written as a blank-headed first column
+    p = prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "indexed.csv"}))
+    assert p.card["features"] == ["a", "b"] and p.card["columns_left_out"] == ["Unnamed: 0"]
+    p = prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "indexed.csv",
+                               "data.table.feature_columns": ["Unnamed: 0", "a"]}))
+    assert p.card["features"] == ["Unnamed: 0", "a"] and "columns_left_out" not in p.card
+
+
 def test_image_folder_pooled_and_given_splits(tiny_params, workdir):
     _images(workdir / "pool", ["ant", "bee"], 12)
     p = prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "pool", "data.images.image_size": 8}))

@@ -3,10 +3,17 @@ one row per sample, a label column and numeric feature columns. The features of 
 1-channel sequence of length ``len(features)`` (every family takes it; ``normalize: auto`` scales
 each column on its own). One pool split by ``prepare``, or a given test file (``test_path``, the
 same columns). A non-numeric feature column is an error naming it: encode it first (one-hot or
-ordinal) or leave it out with ``feature_columns``."""
+ordinal) or leave it out with ``feature_columns``.
+
+A missing feature value is an error naming its row and column (``missing: error``), or its row is
+left out (``missing: drop``; the card counts them). A column with a blank header, which pandas
+names ``Unnamed: N`` (a row index written by ``DataFrame.to_csv`` without ``index=False``), is
+not a feature unless ``feature_columns`` names it: a row number would let a model learn the file's
+order."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -22,6 +29,8 @@ class TableParams(SourceParams):
     feature_columns: list[str] = []
     # A given test split (the same columns); empty: prepare splits off test_fraction.
     test_path: str = ""
+    # A missing feature value: error (naming row and column) | drop (its row).
+    missing: Literal["error", "drop"] = "error"
 
 
 def read_table(path: Path, key: str):
@@ -58,14 +67,18 @@ class Table(Source):
         files = {"all" if not params.test_path else "train": ("data.table.path", Path(params.path))}
         if params.test_path:
             files["test"] = ("data.table.test_path", Path(params.test_path))
-        splits, names, features = {}, {}, None
+        splits, names, features, dropped, blank = {}, {}, None, {}, []
         for split, (key, path) in files.items():
             where = f"{key}={str(path)!r}"
             frame = read_table(path, key)
             if params.label_column not in frame.columns:
                 raise DataError(f"{where}: no label column {params.label_column!r} (data.table.label_column); "
                                 f"columns: {', '.join(map(str, frame.columns))}")
-            cols = list(params.feature_columns) or [str(c) for c in frame.columns if c != params.label_column]
+            frame.columns = [str(c) for c in frame.columns]
+            cols = list(params.feature_columns)
+            if not cols:
+                blank = [c for c in frame.columns if c.startswith("Unnamed: ")]
+                cols = [c for c in frame.columns if c != params.label_column and c not in blank]
             missing = [c for c in cols if c not in frame.columns]
             if missing:
                 raise DataError(f"{where}: no column(s) {missing} (data.table.feature_columns)")
@@ -83,7 +96,24 @@ class Table(Source):
             if y.isna().any():
                 row = int(np.flatnonzero(y.isna().to_numpy())[0])
                 raise DataError(f"{where}: the label column {params.label_column!r} is empty in row {row}")
-            x = frame[cols].to_numpy(dtype=np.float64)
+            x = frame[cols].astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+            gaps = ~np.isfinite(x)
+            if gaps.any() and params.missing == "drop":
+                keep = ~gaps.any(axis=1)
+                dropped[split] = int((~keep).sum())
+                x, y = x[keep], y[keep]
+            elif gaps.any():
+                row, col = np.argwhere(gaps)[0]
+                raise DataError(f"{where}: {int(gaps.sum())} missing or infinite feature value(s), the first in data "
+                                f"row {row} (counting from 0), column {cols[col]!r}; fill them, or set "
+                                f"data.table.missing: drop to leave such rows out")
             splits[split] = (x[:, None, :], y.to_numpy())
             names[split] = where
-        return Loaded(splits, "sequence", names, info={"features": features, "label_column": params.label_column})
+        info = {"features": features, "label_column": params.label_column}
+        if blank:
+            info["columns_left_out"] = blank
+            print(f"{names[next(iter(names))]}: column(s) {blank} have a blank header (a written row index?): "
+                  "not features; name them in data.table.feature_columns to use them", flush=True)
+        if params.missing == "drop":
+            info["rows_dropped_for_missing_values"] = dropped
+        return Loaded(splits, "sequence", names, info=info)
