@@ -77,6 +77,37 @@ def test_ucr_from_a_folder_and_its_errors(tiny_params, workdir):
         prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "arch")))
 
 
+def test_ucr_missing_values_are_named_or_interpolated(tiny_params, workdir):
+    """'?' in a .ts file: an error naming the file, series, channel and step; or, with
+    ``missing: interpolate``, filled linearly along time (the first or last observed value at
+    the ends), counted on the card; a channel with nothing observed is refused."""
+    def ts(split, rows):
+        head = ["@problemName Gap", "@missing true", "@univariate true", "@equalLength true", "@seriesLength 4",
+                "@classLabel true a b", "@data"]
+        (workdir / "gap" / f"Gap_{split}.ts").write_text("\n".join(head + rows) + "\n")
+
+    (workdir / "gap").mkdir()
+    train = [f"{i},{i + 1},{i + 2},{i + 3}:{'ab'[i % 2]}" for i in range(20)]
+    train[0], train[3] = "?,1,?,3:a", "3,?,5,?:b"
+    ts("TRAIN", train)
+    ts("TEST", [f"{i},{i},{i},{i}:{'ab'[i % 2]}" for i in range(6)])
+    gap = {"data.dataset": "ucr", "data.ucr.name": "Gap", "data.ucr.path": "gap", "data.normalize": "none"}
+    with pytest.raises(DataError, match=r"Gap_TRAIN.ts: 4 missing value\(s\), the first in series 0, channel 0, step 0 "
+                                        r".*data.ucr.missing: interpolate"):
+        prepare(tiny_params(**gap))
+    from pipeline.data.ucr import Ucr, UcrParams
+
+    x, _ = Ucr().load(UcrParams(name="Gap", path="gap", missing="interpolate")).splits["train"]
+    np.testing.assert_array_equal(x[0, 0], [1, 1, 2, 3])
+    np.testing.assert_array_equal(x[3, 0], [3, 4, 5, 5])
+    p = prepare(tiny_params(**gap, **{"data.ucr.missing": "interpolate"}))
+    assert p.card["missing_values_interpolated"] == {"train": 4}
+    train[5] = "?,?,?,?:b"
+    ts("TRAIN", train)
+    with pytest.raises(DataError, match="series 5, channel 0 has no observed value"):
+        prepare(tiny_params(**gap, **{"data.ucr.missing": "interpolate"}))
+
+
 def test_table_csv_and_parquet(tiny_params, workdir):
     import pandas as pd
 

@@ -25,6 +25,8 @@ class UcrParams(SourceParams):
     name: str = Field("GunPoint", min_length=1)
     path: str = ""
     unequal_length: Literal["pad", "error"] = "pad"
+    # Missing values ('?' or NaN in a .ts file): error | interpolate (linearly along time, per channel).
+    missing: Literal["error", "interpolate"] = "error"
 
 
 def _bundled() -> tuple[Path, list[str]]:
@@ -80,7 +82,7 @@ class Ucr(Source):
 
     def load(self, params: UcrParams) -> Loaded:
         files = _files(params)
-        splits, declared, channels = {}, None, set()
+        splits, declared, channels, interpolated = {}, None, set(), {}
         for split, file in files.items():
             x, y, meta = read_ts(file)
             if isinstance(x, list) or not meta.get("equallength", True):
@@ -91,9 +93,45 @@ class Ucr(Source):
                 channels |= {s.shape[0] for s in x}
             else:
                 channels.add(np.asarray(x).shape[1])
+            x, filled = _missing(x, file, params.missing)
+            if filled:
+                interpolated[split] = filled
             splits[split] = (x, y)
             declared = declared or [str(c) for c in meta.get("class_values") or []] or None
         if len(channels) > 1:
             raise DataError(f"{self.describe(params)}: series with different numbers of channels {sorted(channels)}")
         info = {"archive": params.name, "files": {s: str(f) for s, f in files.items()}}
+        if params.missing == "interpolate":
+            info["missing_values_interpolated"] = interpolated
         return Loaded(splits, "sequence", {s: str(f) for s, f in files.items()}, classes=declared, info=info)
+
+
+def _missing(x, file: Path, how: str):
+    """Series with their missing values (NaN) refused (``error``), or filled (``interpolate``):
+    linearly between the observed steps of each channel, the first or last observed value before
+    or after them, as the UCR archive's own adjusted versions of such problems do. Returns the
+    series and how many values were filled."""
+    series = x if isinstance(x, list) else list(x)
+    filled = 0
+    for i, s in enumerate(series):
+        gaps = np.isnan(s)
+        if not gaps.any():
+            continue
+        if how == "error":
+            channel, step = np.argwhere(gaps)[0]
+            total = sum(int(np.isnan(t).sum()) for t in series)
+            raise DataError(f"{file}: {total} missing value(s), the first in series {i}, channel {channel}, step "
+                            f"{step} (counting from 0); set data.ucr.missing: interpolate to fill them linearly "
+                            f"along time")
+        s = np.array(s, dtype=np.float64)
+        steps = np.arange(s.shape[-1])
+        for channel, row in enumerate(s):
+            known = ~np.isnan(row)
+            if not known.any():
+                raise DataError(f"{file}: series {i}, channel {channel} has no observed value to interpolate from")
+            s[channel] = np.interp(steps, steps[known], row[known])
+        filled += int(gaps.sum())
+        series[i] = s
+    if not filled:
+        return x, 0
+    return (series if isinstance(x, list) else np.stack(series)), filled
