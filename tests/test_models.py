@@ -47,6 +47,34 @@ def test_forward_gives_logits_and_trains(family, shape):
     assert after < 0.7 * before, (before, after)
 
 
+@pytest.mark.parametrize("family", CONFIGS)
+def test_a_one_feature_input_builds_and_trains(family):
+    """A table of one feature is a (1, 1) series: every family builds for it (the CNN sizes its
+    head in eval mode, leaving its batch-norm statistics untouched) and trains on a batch of it."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(family, (1, 1), 3, CONFIGS[family].model_dump()))
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            assert m.training and int(m.num_batches_tracked) == 0 and not m.running_mean.any()
+    x, y = torch.randn(8, 1, 1), torch.arange(8) % 3
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    assert model.eval()(x[:1]).shape == (1, 3)
+
+
+def test_a_training_pass_leaves_out_a_last_batch_of_one_sample():
+    """Batch norm cannot train on one sample: a shuffled pass over 2n+1 samples in batches of n
+    takes 2 batches (the left-out sample is in the next, reshuffled pass); an evaluation pass
+    takes all 3."""
+    from pipeline.training.data import TensorBatches
+
+    x, y = torch.arange(9.0)[:, None, None], torch.arange(9)
+    train = TensorBatches(x, y, 4, shuffle=True, seed=0)
+    passes = [[b[1].tolist() for b in train] for _ in range(5)]
+    assert len(train) == 2 and all(len(p) == 2 and [len(b) for b in p] == [4, 4] for p in passes)
+    assert set().union(*(sum(p, []) for p in passes)) == set(range(9))
+    assert [len(b[1]) for b in TensorBatches(x, y, 4, shuffle=False)] == [4, 4, 1]
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_rnn_initial_state_shapes(cell, bidirectional):

@@ -62,8 +62,11 @@ class CNN(nn.Module):
                 spatial = [s // 2 for s in spatial]
             channels_in = cfg.channels
         self.features = nn.Sequential(*blocks)
-        with torch.no_grad():  # derive the classifier's width from the input shape
-            out = self.features(torch.zeros(1, *input_shape))
+        # Derive the classifier's width from the input shape; in eval mode, so that batch norm
+        # neither needs two values per channel (a 1-feature table) nor counts the probe in its statistics.
+        with torch.no_grad():
+            out = self.features.eval()(torch.zeros(1, *input_shape))
+        self.features.train()
         positions = out[0, 0].numel()
         if cfg.head == "global_avg" or (cfg.head == "auto" and positions > FLATTEN_MAX_POSITIONS):
             pool_all = nn.AdaptiveAvgPool1d(1) if len(input_shape) == 2 else nn.AdaptiveAvgPool2d(1)

@@ -33,9 +33,11 @@ class Batches:
 
     def _size(self) -> int:
         n = len(self.tensors[0])
-        if self.world == 1:
-            return n
-        return math.ceil(n / self.world) if self.shuffle else len(range(self.rank, n, self.world))
+        if self.world > 1:
+            n = math.ceil(n / self.world) if self.shuffle else len(range(self.rank, n, self.world))
+        # A training pass leaves out a last batch of one sample: batch norm cannot train on one
+        # value per channel (it raises), and the next pass, reshuffled, takes that sample.
+        return n - 1 if self.shuffle and n > 1 and n % self.batch_size == 1 else n
 
     def __len__(self) -> int:
         return math.ceil(self._size() / self.batch_size)
@@ -50,7 +52,7 @@ class Batches:
                     order = order.repeat(math.ceil(self._size() * self.world / n))[:self._size() * self.world]
                 order = order[self.rank::self.world]
             tensors = tuple(t[order] for t in tensors)
-        for i in range(0, len(tensors[0]), self.batch_size):
+        for i in range(0, self._size(), self.batch_size):
             yield tuple(t[i:i + self.batch_size] for t in tensors)
 
 
