@@ -42,7 +42,7 @@ server: install
 
 ## Browse the runs: MLflow UI on http://127.0.0.1:5000 (runs table: /#/experiments/1/runs?workflowType=machine_learning)
 ui:
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 ## Lightning+MLflow+CodeCarbon training path against a bare PyTorch loop.
 bench: install

@@ -58,4 +58,8 @@ def serve(backend: str, artifacts: Path, host: str, port: int, workers: int) -> 
           f"{' (database created)' if created else ''}, artifacts in {artifacts.resolve()}\n"
           f"log to it with: MLFLOW_TRACKING_URI=http://{host}:{port} dvc repro", flush=True)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow's job runner (GenAI scorers and prompt jobs, none of which the pipeline uses) is
+    # eight more Python processes importing MLflow: CPU taken from the machine whose energy is
+    # measured. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true turns it back on.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(cmd[0], cmd)

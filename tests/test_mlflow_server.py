@@ -207,6 +207,19 @@ def test_train_and_evaluate_runs_metrics_and_artifacts_read_back_through_the_ser
     assert energy == run_json["energy"] and energy["energy_j"] == pytest.approx(_metrics(train)["energy/total_j"])
 
 
+def test_the_server_runs_without_mlflows_job_runner(server):
+    """``python -m pipeline server`` starts MLflow's HTTP workers only: not its job runner and
+    huey consumers (eight more processes importing MLflow beside the work being measured)."""
+    import psutil
+
+    port = server.rsplit(":", 1)[1]
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if "server" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or [])]
+    tree = [" ".join(c.cmdline()) for r in roots for c in [r, *r.children(recursive=True)]]
+    assert any("uvicorn" in c for c in tree), tree  # the tree is the server's
+    assert not [c for c in tree if "mlflow.server.jobs" in c or "huey" in c], tree
+
+
 def test_three_commands_share_one_study_nested_under_one_parent_run(server, served, databases):
     import optuna
 
