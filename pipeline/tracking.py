@@ -6,7 +6,8 @@ Default store: ``sqlite:///<repo>/mlruns/mlflow.db`` with artifacts under ``<rep
 (e.g. an MLflow server whose backend is PostgreSQL).
 
 A run that raises is ended FAILED (KILLED for Ctrl-C / SIGTERM) with the error kept as a tag, so
-no run is left RUNNING.
+no run is left RUNNING; one whose process was killed outright (SIGKILL) is ended KILLED by the
+next command on its host (``end_runs_of_dead_processes``).
 
 What the MLflow UI shows a new user by default is filled in: a run's name says what ran, on which
 model, in which DVC experiment (or commit) and when (``run_label``); its data is a dataset input
@@ -469,6 +470,59 @@ def tag_run(cfg: TrackingCfg, run_id: str, tags: dict[str, Any]) -> None:
     Run(client, run_id).set_tags(tags)
 
 
+def _owner() -> dict[str, str]:
+    """Tags naming the process that owns a run: its host, pid and start time (a pid alone may be
+    reused by a later process)."""
+    import socket
+
+    import psutil
+
+    return {"process.host": socket.gethostname(), "process.pid": str(os.getpid()),
+            "process.started": f"{psutil.Process().create_time():.2f}"}
+
+
+def _alive(pid: int, started: float) -> bool:
+    import psutil
+
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 2.0  # boot-time rounding: same process
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # there, but not ours to inspect
+        return True
+
+
+_swept: set[str] = set()  # stores whose dead processes' runs this process has ended
+
+
+def end_runs_of_dead_processes(client, exp_id: str, uri: str) -> list[str]:
+    """End KILLED, once per process and store, the RUNNING runs that a process of this host owned
+    and that died without ending them (SIGKILL, the out-of-memory killer, a power loss), with an
+    ``error`` tag saying so. Left alone: runs of other hosts, a search's parent run (shared by its
+    workers, reopened by the next) and its trials (the study's heartbeat ends those with the
+    trial's fate, ``pipeline.tuning.study``). Returns their ids."""
+    if uri in _swept:
+        return []
+    _swept.add(uri)
+    me = _owner()
+    ended = []
+    for r in client.search_runs([exp_id], "attributes.status = 'RUNNING'"):
+        t = r.data.tags
+        if t.get("process.host") != me["process.host"] or "process.pid" not in t or "trial_number" in t:
+            continue
+        pid, started = int(t["process.pid"]), float(t.get("process.started", 0))
+        if _alive(pid, started):
+            continue
+        client.set_tag(r.info.run_id, "error", f"its process (pid {pid} on {me['process.host']}) ended without "
+                                               "ending the run: killed outright (SIGKILL, out of memory) or the "
+                                               "machine stopped")
+        client.set_terminated(r.info.run_id, status="KILLED")
+        ended.append(r.info.run_id)
+    if ended:
+        log.warning("ended %d run(s) left RUNNING by processes that died: %s", len(ended), ", ".join(ended))
+    return ended
+
+
 @contextmanager
 def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: str | None = None,
                 finished_on: tuple[type[BaseException], ...] = ()) -> Iterator[Run]:
@@ -485,7 +539,9 @@ def tracked_run(cfg: TrackingCfg, run_name: str, tags: dict[str, Any], run_id: s
         handle.set_tags(tags)
     else:
         exp_id = _experiment_id(client, cfg, uri)
-        run = client.create_run(exp_id, run_name=run_label(run_name, tags), tags={k: str(v) for k, v in tags.items()})
+        end_runs_of_dead_processes(client, exp_id, uri)
+        run = client.create_run(exp_id, run_name=run_label(run_name, tags),
+                                tags={**{k: str(v) for k, v in tags.items()}, **_owner()})
         handle = Run(client, run.info.run_id, dataset_of(tags))
     try:
         interrupts.check()  # a reopened run (created RUNNING by create_run) ends KILLED, not RUNNING

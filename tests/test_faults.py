@@ -138,6 +138,40 @@ for i in range(15):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_run_whose_process_was_killed_outright_is_ended_by_the_next_command(tiny_params, workdir):
+    """SIGKILL (the out-of-memory killer) leaves a run RUNNING: the next run started on the host
+    ends it KILLED, saying why; a run whose process lives on (this one's), and another host's,
+    stay RUNNING."""
+    import os
+
+    from pipeline import tracking
+
+    params = tiny_params()
+    holder = ("import os, signal\n"
+              "from pipeline.config import parse_params\n"
+              "from pipeline.tracking import tracked_run\n"
+              "from tests.conftest import tiny_raw\n"
+              "with tracked_run(parse_params(tiny_raw()).tracking, 'killed', {'stage': 'train'}):\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", holder], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=100)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    client, _ = client_for(params.tracking)
+    exp = client.get_experiment_by_name(params.tracking.experiment_name)
+    (dead,) = client.search_runs([exp.experiment_id])
+    mine = client.create_run(exp.experiment_id, tags=tracking._owner()).info.run_id
+    elsewhere = client.create_run(exp.experiment_id, tags={"process.host": "another-host", "process.pid": "1"}).info.run_id
+    assert dead.info.status == "RUNNING" and dead.data.tags["process.pid"] != str(os.getpid())
+    tracking._swept.clear()  # as in a new command
+    with tracking.tracked_run(params.tracking, "next", {"stage": "evaluate"}):
+        pass
+    dead = client.get_run(dead.info.run_id)
+    assert dead.info.status == "KILLED" and "ended without ending the run" in dead.data.tags["error"]
+    assert {client.get_run(r).info.status for r in (mine, elsewhere)} == {"RUNNING"}
+
+
+@pytest.mark.slow
 def test_concurrent_writers_lose_no_run_and_no_metric(workdir):
     """Two processes writing runs to one fresh SQLite store at once (creating it together too)."""
     env_py = [sys.executable, "-c", WRITER]
