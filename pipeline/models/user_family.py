@@ -5,7 +5,7 @@
 
 - a **callable** ``fn(input_shape, num_classes, **keywords) -> torch.nn.Module``: ``input_shape``
   is one sample's shape, channels first (``(channels, length)`` for series, ``(channels, height,
-  width)`` for images, ``(features,)`` for tables), ``num_classes`` the number of classes; the
+  width)`` for images, ``(1, features)`` for tables), ``num_classes`` the number of classes; the
   module maps a float batch ``(batch, *input_shape)`` to logits ``(batch, num_classes)``. The other
   keys of the block are its keyword arguments: their defaults are the callable's own, their
   types those of the values (a keyword the callable does not take is an error naming it); or
