@@ -188,6 +188,24 @@ def test_macro_f1_and_confusion_matrix_on_a_hand_made_case():
     assert macro_f1(y, p, 4) == pytest.approx(f1_score(y, p, average="macro", labels=range(4), zero_division=0))
 
 
+def test_confusion_plot_names_few_classes_and_stays_readable_with_many(monkeypatch, tmp_path):
+    """Few classes: their labels on the axes and each count in its cell. Many (120): no count
+    text and at most a dozen ticks per axis, so the plot stays a readable heat map."""
+    import matplotlib.figure
+    import numpy as np
+
+    from pipeline.evaluation.evaluate import plot_confusion
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    plot_confusion(np.array([[5, 1, 0], [0, 4, 2], [1, 0, 6]]), "few", tmp_path / "few.png", ["cat", "dog", "owl"])
+    plot_confusion(np.eye(120, dtype=int) * 3, "many", tmp_path / "many.png", list(range(120)))
+    few, many = (fig.axes[0] for fig in figures)
+    assert [t.get_text() for t in few.get_xticklabels()] == ["cat", "dog", "owl"]
+    assert sorted(t.get_text() for t in few.texts) == sorted(["5", "1", "4", "2", "1", "6"])
+    assert not many.texts and len(many.get_xticks()) <= 14 and "index" in many.get_xlabel()
+
+
 def test_evaluate_works_when_the_training_run_is_not_in_the_store(tiny_params, prepared, meter, caplog):
     """A model restored from DVC's cache after mlruns/ was deleted points at a run the store no
     longer holds: evaluation still runs and logs its figures on its own run."""

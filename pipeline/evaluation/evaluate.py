@@ -93,24 +93,45 @@ def latency_per_sample_s(model: nn.Module, x: torch.Tensor, n: int) -> float:
     return float(np.median(times))
 
 
-def plot_confusion(cm: np.ndarray, title: str, path: Path) -> None:
+#: Up to this many classes the confusion plot writes every count in its cell and names every
+#: class on its axes; beyond, the colours alone carry the counts and the axes every k-th index.
+CONFUSION_ANNOTATED_CLASSES = 20
+
+
+def plot_confusion(cm: np.ndarray, title: str, path: Path, classes: list | None = None) -> None:
+    """The confusion matrix as a heat map. ``classes``: the label of each index (the data card's);
+    shown on the axes while they are few and short enough to read."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.8))
-    im = ax.imshow(cm, cmap="Blues")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    k = cm.shape[0]
+    side = min(4.8 + 0.12 * max(0, k - 10), 9.0)
+    fig, ax = plt.subplots(figsize=(side * 1.15, side))
+    im = ax.imshow(cm, cmap="Blues", interpolation="nearest")
+    few = k <= CONFUSION_ANNOTATED_CLASSES
+    named = few and classes is not None and [str(c) for c in classes] != [str(i) for i in range(k)]
+    ax.set_xlabel("predicted class" + ("" if few or named else " (index)"))
+    ax.set_ylabel("true class" + ("" if few or named else " (index)"))
     ax.set_title(title)
-    ax.set_xticks(range(cm.shape[1]))
-    ax.set_yticks(range(cm.shape[0]))
-    thresh = cm.max() / 2 if cm.size else 0
-    for (i, j), v in np.ndenumerate(cm):
-        if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > thresh else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    if few:
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        if named:
+            labels = [str(c) if len(str(c)) <= 16 else str(c)[:15] + "…" for c in classes]
+            ax.set_xticklabels(labels, rotation=90 if max(map(len, labels)) > 3 else 0)
+            ax.set_yticklabels(labels)
+        thresh = cm.max() / 2 if cm.size else 0
+        for (i, j), v in np.ndenumerate(cm):
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                        color="white" if v > thresh else "black")
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+    fig.colorbar(im, ax=ax, fraction=0.046, label="test samples")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -240,7 +261,7 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
 
         cm_path = paths.confusion_plot(family, variant)
         cm_path.parent.mkdir(parents=True, exist_ok=True)
-        plot_confusion(cm, f"{family} ({variant}): test accuracy {acc:.3f}", cm_path)
+        plot_confusion(cm, f"{family} ({variant}): test accuracy {acc:.3f}", cm_path, card.get("classes"))
         run.log_artifact(cm_path)
         run.log_dict({"labels": list(range(spec.num_classes)), "matrix": cm.tolist()}, "confusion_matrix.json")
         run.log_dict(energy.to_dict(), "energy.json")
