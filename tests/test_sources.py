@@ -69,12 +69,71 @@ def test_ucr_from_a_folder_and_its_errors(tiny_params, workdir):
     assert a.card["sha256"] == prepare(_ucr(tiny_params, name="GunPoint")).card["sha256"]
     with pytest.raises(DataError, match="'Nope': not among the datasets aeon ships"):
         prepare(_ucr(tiny_params, name="Nope"))
-    with pytest.raises(DataError, match="missing Coffee_TRAIN.ts, Coffee_TEST.ts"):
+    with pytest.raises(DataError, match="no Coffee_TRAIN.ts and Coffee_TEST.ts or Coffee_TRAIN.tsv and Coffee_TEST.tsv"):
         prepare(_ucr(tiny_params, name="Coffee", path=str(workdir / "arch")))
     bad = workdir / "arch" / "GunPoint" / "GunPoint_TEST.ts"
     bad.write_text("@problemName GunPoint\n@univariate true\n@classLabel true 1 2\n@data\n0.1,0.2,zz:1\n")
     with pytest.raises(DataError, match="GunPoint_TEST.ts"):
         prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "arch")))
+
+
+def _write_tsv(path, x, y):
+    """The UCR 2018 archive's layout: label, then values, tab-separated, NaN past a short series' end."""
+    lines = ("\t".join([str(label)] + [repr(float(v)) for v in s[0]]) for s, label in zip(x, y, strict=True))
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def _write_arff(path, x, y, classes):
+    """Weka's layout as the archives write it: one numeric attribute per step, or, with several
+    channels, one relational attribute whose channels are separated by a literal \\n."""
+    head = ["@relation Problem"]
+    if x.shape[1] == 1:
+        head += [f"@attribute att{i} numeric" for i in range(x.shape[2])]
+        rows = [",".join(repr(float(v)) for v in s[0]) + f",{label}" for s, label in zip(x, y, strict=True)]
+    else:
+        head += ["@attribute relationalAtt relational"] + [f"@attribute att{i} numeric" for i in range(x.shape[2])]
+        head += ["@end relationalAtt"]
+        rows = ["'" + "\\n".join(",".join(repr(float(v)) for v in c) for c in s) + f"',{label}"
+                for s, label in zip(x, y, strict=True)]
+    head += ["@attribute target {" + ",".join(classes) + "}", "", "@data"]
+    path.write_text("\n".join(head + rows) + "\n")
+
+
+def test_ucr_tsv_and_arff_read_as_the_same_problem_in_ts(tiny_params, workdir):
+    """The UCR 2018 archive's .tsv and Weka's .arff of a problem prepare to the same arrays as its
+    .ts (the arff's header order of classes kept); a .tsv's short series end where its values do
+    and are padded; a format asked for that is not there is an error listing what was looked for."""
+    for name, fmt, write in (("GunPoint", "tsv", _write_tsv), ("GunPoint", "arff", _write_arff),
+                             ("BasicMotions", "arff", _write_arff)):
+        folder = workdir / fmt / name
+        folder.mkdir(parents=True, exist_ok=True)
+        classes = prepare(_ucr(tiny_params, name=name)).card["classes"]
+        for split in ("TRAIN", "TEST"):
+            x, y = _aeon_file(name, split)
+            args = (classes,) if write is _write_arff else ()
+            # a lone .ts beside them is not the pair the format auto-detection takes
+            write(folder / f"{name}_{split}.{fmt}", x, y, *args)
+        (folder / f"{name}_TEST.ts").write_text("not read")
+        ts = prepare(_ucr(tiny_params, name=name)).card
+        other = prepare(_ucr(tiny_params, name=name, path=str(workdir / fmt))).card
+        assert other["format"] == fmt and other["sha256"] == ts["sha256"], (name, fmt)
+        assert [str(c) for c in other["classes"]] == ts["classes"]
+
+    x, y = _aeon_file("GunPoint", "TRAIN")
+    x = x.astype(float)
+    x[3, 0, 100:] = np.nan  # a series of 100 steps in a file of 150
+    _write_tsv(workdir / "tsv" / "GunPoint" / "GunPoint_TRAIN.tsv", x, y)
+    card = prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "tsv"))).card
+    assert card["lengths"]["min"] == 100 and card["lengths"]["padded_to"] == 150
+    with pytest.raises(DataError, match="GunPoint_TRAIN.tsv: series of unequal length"):
+        prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "tsv"), unequal_length="error"))
+    with pytest.raises(DataError, match=r"no GunPoint_TRAIN.arff and GunPoint_TEST.arff \(looked in"):
+        prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "tsv"), format="arff"))
+    with pytest.raises(DataError, match="data.ucr.format='tsv': the datasets aeon ships are .ts files"):
+        prepare(_ucr(tiny_params, name="GunPoint", format="tsv"))
+    (workdir / "tsv" / "GunPoint" / "GunPoint_TEST.tsv").write_text("1\t0.5\tzz\n")
+    with pytest.raises(DataError, match="GunPoint_TEST.tsv: not a readable .tsv file"):
+        prepare(_ucr(tiny_params, name="GunPoint", path=str(workdir / "tsv")))
 
 
 def test_ucr_missing_values_are_named_or_interpolated(tiny_params, workdir):
