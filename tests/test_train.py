@@ -104,6 +104,7 @@ def test_train_then_evaluate_records_everything(tiny_params, prepared, meter):
     assert paths.confusion_plot("mlp").stat().st_size > 1000
     logged = json.loads(Path(client.download_artifacts(ev.info.run_id, "confusion_matrix.json")).read_text())
     assert logged["matrix"] == confusion(prepared.arrays["y_test"], pred, 10).tolist()
+    assert logged["classes"] == prepared.card["classes"]
 
 
 def test_the_mlflow_ui_gets_datasets_logged_models_and_a_registered_knee(tiny_params, prepared, meter, capsys):

@@ -263,7 +263,9 @@ def evaluate_family(params: Params, family: str, variant: str = paths.BASELINE,
         cm_path.parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(cm, f"{family} ({variant}): test accuracy {acc:.3f}", cm_path, card.get("classes"))
         run.log_artifact(cm_path)
-        run.log_dict({"labels": list(range(spec.num_classes)), "matrix": cm.tolist()}, "confusion_matrix.json")
+        # rows: true class, columns: predicted; "classes" names each index as the data card does
+        run.log_dict({"labels": list(range(spec.num_classes)), "classes": card.get("classes"),
+                      "matrix": cm.tolist()}, "confusion_matrix.json")
         run.log_dict(energy.to_dict(), "energy.json")
         paths.write_json(metrics, paths.evaluate_metrics(family, variant))
     return metrics
