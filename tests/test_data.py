@@ -119,3 +119,24 @@ def test_npz_missing_or_corrupt_file(tiny_params, workdir):
 def test_load_prepared_says_which_stage_to_run(workdir):
     with pytest.raises(DataError, match="python -m pipeline prepare"):
         load_prepared("mnist1d")
+
+
+def test_many_small_classes_still_give_a_validation_split():
+    """Rounded once over all samples, not per class: 52 classes of 2 samples give a 20 % validation
+    split of 21 (rounding each class's 0.4 down gave none), and every class keeps a training sample."""
+    y = np.repeat(np.arange(52), 2)
+    split = stratified_split(y, 0.2, 0.0, seed=0)
+    assert len(split["val"]) == 21 and len(split["test"]) == 0
+    assert np.bincount(y[split["train"]], minlength=52).min() == 1
+    assert np.bincount(y[split["val"]], minlength=52).max() == 1
+    assert stratified_split(y, 0.2, 0.0, seed=0)["val"].tolist() == split["val"].tolist()  # fixed by the seed
+    # one sample per class: nothing can be spared, and the error says why
+    one = np.arange(18)
+    assert len(stratified_split(one, 0.2, 0.0, seed=0)["val"]) == 0
+
+
+def test_an_empty_validation_split_says_which_classes_have_one_sample(tiny_params, workdir):
+    x = np.random.default_rng(0).normal(size=(18, 1, 8)).astype(np.float32)
+    np.savez(workdir / "one.npz", x_train=x, y_train=np.arange(18), x_test=x, y_test=np.arange(18))
+    with pytest.raises(DataError, match="val split is empty .*18 of 18 classes have only one"):
+        prepare(tiny_params(**{"data.dataset": "npz", "data.npz.path": str(workdir / "one.npz")}))

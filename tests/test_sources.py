@@ -296,6 +296,6 @@ def test_report_data_section_maps_indices_to_labels(tiny_params):
 
     card = prepare(_ucr(tiny_params, name="BasicMotions")).card
     text = data_markdown(card)
-    assert "**BasicMotions** (source `ucr`)" in text and "train 32, val 8, test 40" in text
-    assert "| 0 | standing | 8 | 2 | 10 |" in text and "| 3 | badminton |" in text
+    assert "**BasicMotions** (source `ucr`)" in text and "train 34, val 6, test 40" in text  # 15 % of 40
+    assert "| 0 | standing | 9 | 1 | 10 |" in text and "| 3 | badminton | 8 | 2 | 10 |" in text
     assert "training split only" in text and card["sha256"][:16] in text

@@ -100,17 +100,36 @@ def _encode(y: np.ndarray, classes: list, where: str, train_where: str) -> np.nd
 
 
 def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    """Deterministic split that keeps each class's share in every split (by rounding per class)."""
+    """Deterministic split that keeps each class's share in every split. Each split takes its
+    fraction of all samples (rounded once, not per class), each class its share of that rounded
+    down and the remaining samples one each to the classes whose share was cut most (ties drawn
+    by ``seed``), so that many small classes still give a validation split; every class keeps at
+    least one sample for training."""
     rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    n_test = _allocate(counts, test_fraction, counts - 1, rng)
+    n_val = _allocate(counts, val_fraction, counts - 1 - n_test, rng)
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for c in np.unique(y):
+    for c, t, v in zip(classes, n_test, n_val, strict=True):
         idx = rng.permutation(np.flatnonzero(y == c))
-        n_test = int(round(len(idx) * test_fraction))
-        n_val = int(round(len(idx) * val_fraction))
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
+        parts["test"].append(idx[:t])
+        parts["val"].append(idx[t:t + v])
+        parts["train"].append(idx[t + v:])
     return {s: rng.permutation(np.concatenate(p)) for s, p in parts.items()}
+
+
+def _allocate(counts: np.ndarray, fraction: float, cap: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Samples of each class for a split of ``fraction`` of them all (largest remainders), at most
+    ``cap`` of a class."""
+    share = counts * fraction
+    n = np.minimum(np.floor(share).astype(np.int64), cap)
+    total = min(int(np.floor(counts.sum() * fraction + 0.5)), int(cap.sum()))
+    short = total - int(n.sum())
+    if short > 0:
+        open_ = np.flatnonzero(n < cap)
+        order = open_[np.lexsort((rng.random(len(open_)), -(share - n)[open_]))]
+        n[order[:short]] += 1
+    return n
 
 
 def content_hash(arrays: dict[str, np.ndarray]) -> str:
@@ -231,7 +250,11 @@ def prepare(params: Params) -> Prepared:
         x, y = split_xy[s]
         file = loaded.files.get(s, where)
         if len(y) == 0:
-            raise DataError(f"{file}: the {s} split is empty ({how}); use more samples or larger fractions")
+            _, per_class = np.unique(split_xy["train"][1].astype(str), return_counts=True)
+            single = int((per_class == 1).sum())
+            why = (f"; every class keeps a sample for training and {single} of {len(per_class)} classes have "
+                   f"only one" if s != "train" and single else "")
+            raise DataError(f"{file}: the {s} split is empty ({how}{why}); use more samples or larger fractions")
         ys[s] = _encode(y, classes, file, train_file)
     mode = source.default_normalization if cfg.normalize == "auto" else cfg.normalize
     xs, stats, norm_card = _normalize({s: split_xy[s][0] for s in SPLITS}, mode, where)
