@@ -352,9 +352,9 @@ def _run(args) -> int:
             print(f"interrupted ({type(err).__name__} while stopping)", file=sys.stderr)
             return interrupts.EXIT_INTERRUPTED
         from pipeline.data.source import DataError
-        from pipeline.errors import FamilyError, StoreError
+        from pipeline.errors import FamilyError, SavedModelError, StoreError
 
-        if isinstance(err, (DataError, FamilyError, StoreError)):
+        if isinstance(err, (DataError, FamilyError, SavedModelError, StoreError)):
             print(f"error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
         from pipeline.errors import NonFiniteLoss, NothingToSelect

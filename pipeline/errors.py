@@ -19,3 +19,8 @@ class NothingToSelect(RuntimeError):
 class StoreError(RuntimeError):
     """A tracking store that cannot be reached or used (``tracking.tracking_uri`` or
     ``MLFLOW_TRACKING_URI``); the message names the URI and where it came from."""
+
+
+class SavedModelError(ValueError):
+    """A saved model (``models/<family>/<variant>/``) whose files cannot be read or do not fit
+    together; the message names the file and what is wrong."""

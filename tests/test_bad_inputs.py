@@ -1,6 +1,8 @@
 """Bad params and bad data: one clear message naming the key or file, exit 2, nothing written and
 no MLflow run opened. Each case runs the real CLI entry point (in-process, so the 30-odd cases
 take seconds) on the stage that would read the bad input."""
+import json
+
 import numpy as np
 import pytest
 import yaml
@@ -154,3 +156,55 @@ def _content(path) -> str:
     except Exception:
         h = hashlib.sha256(path.read_bytes())
     return h.hexdigest()
+
+
+def _damage(path, how):
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif how == "drop-key":
+        d = json.loads(path.read_text())
+        d.pop("input_shape")
+        path.write_text(json.dumps(d))
+    elif how == "wider":  # a spec that no longer matches the weights beside it
+        d = json.loads(path.read_text())
+        d["hparams"]["width"] *= 2
+        path.write_text(json.dumps(d))
+
+
+DAMAGED = [
+    ("prepared-file", "data/prepared/mnist1d.npz", "truncate", ["train", "--family", "mlp"], "not a readable prepared file"),
+    ("data-card", "data/prepared/mnist1d.card.json", "truncate", ["train", "--family", "mlp"], "not a readable data card"),
+    ("weights", "models/mlp/baseline/model.pt", "truncate", ["evaluate", "--family", "mlp"], "not readable weights"),
+    ("spec-key", "models/mlp/baseline/spec.json", "drop-key", ["evaluate", "--family", "mlp"], "KeyError: 'input_shape'"),
+    ("spec-weights", "models/mlp/baseline/spec.json", "wider", ["evaluate", "--family", "mlp"],
+     "model.pt: its weights do not fit the model spec.json"),
+    ("run-record", "models/mlp/baseline/run.json", "truncate", ["evaluate", "--family", "mlp"],
+     "run.json: not a readable run record"),
+]
+
+
+@pytest.mark.parametrize("name, file, how, argv, expected", DAMAGED, ids=[c[0] for c in DAMAGED])
+def test_a_damaged_file_of_an_earlier_stage_is_named_with_how_to_remake_it(workdir, capsys, name, file, how, argv,
+                                                                             expected):
+    """Files the pipeline wrote, damaged since (a disk filled, a copy cut short, a hand edit): one
+    line naming the file and how to write it again, exit 2, no traceback and no MLflow run."""
+    from pipeline import paths
+    from pipeline.data.prepare import load_prepared
+    from pipeline.models.factory import ModelSpec, build_model
+    from pipeline.models.saved import save_model
+
+    (workdir / "params.yaml").write_text(params_text())
+    assert cli.main(["prepare"]) == 0
+    card = load_prepared("mnist1d", arrays=False).card
+    out = paths.model_dir("mlp")
+    save_model(out, build_model(ModelSpec("mlp", tuple(card["input_shape"]), card["num_classes"], {"width": 16})),
+               ModelSpec("mlp", tuple(card["input_shape"]), card["num_classes"], {"width": 16}))
+    (out / "run.json").write_text(json.dumps({"family": "mlp", "variant": "baseline"}))
+    _damage(workdir / file, how)
+    capsys.readouterr()
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_BAD_INPUT, err
+    assert err.startswith("error: models/" if "models/" in file else f"error: {file}: ")
+    assert expected in err and "dvc repro" in err and "Traceback" not in err
+    assert not (workdir / "mlruns").exists()  # read before any run opens

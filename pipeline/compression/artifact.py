@@ -8,7 +8,6 @@ family's ``apply_layout`` of a compacted model, quantization wrappers) and loads
 weights, so what is measured is what was saved."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -16,7 +15,7 @@ from torch import nn
 from pipeline.compression.quantize import quantize_dynamic, set_engine, static_skeleton
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.models.family import get_family
-from pipeline.models.saved import load_model, save_model
+from pipeline.models.saved import load_model, read_record, save_model
 from pipeline.paths import write_json
 
 RECIPE = "variant.json"
@@ -44,6 +43,6 @@ def build_skeleton(spec: ModelSpec, recipe: dict) -> nn.Module:
 
 
 def load_variant(out_dir: Path) -> tuple[nn.Module, ModelSpec, dict]:
-    recipe = json.loads((Path(out_dir) / RECIPE).read_text())
+    recipe = read_record(Path(out_dir) / RECIPE, "compression recipe")
     model, spec = load_model(out_dir, lambda spec: build_skeleton(spec, recipe))
     return model, spec, recipe

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,7 +306,18 @@ def load_prepared(dataset: str, arrays: bool = True) -> Prepared:
     if not data_path.is_file() or not card_path.is_file():
         raise DataError(f"{data_path}: prepared data not found; run `python -m pipeline prepare` first")
     loaded: dict[str, np.ndarray] = {}
+    rerun = "run `python -m pipeline prepare` (or `dvc repro prepare`) again"
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{card_path}: not a readable data card ({type(err).__name__}: {err}); {rerun}") from None
     if arrays:
-        with np.load(data_path, allow_pickle=False) as f:
-            loaded = {k: f[k] for k in f.files}
-    return Prepared(loaded, json.loads(card_path.read_text()))
+        try:
+            with np.load(data_path, allow_pickle=False) as f:
+                loaded = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"{data_path}: not a readable prepared file ({type(err).__name__}: {err}); {rerun}") from None
+        absent = [k for s in SPLITS for k in (f"x_{s}", f"y_{s}") if k not in loaded]
+        if absent:
+            raise DataError(f"{data_path}: no {', '.join(absent)} (not written by this version's prepare); {rerun}")
+    return Prepared(loaded, card)

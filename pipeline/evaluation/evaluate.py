@@ -7,7 +7,6 @@ rounds, with ``evaluate.num_threads`` torch threads (see ``inference_energy``).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ def load_trained(family: str, variant: str = paths.BASELINE, device: str = "cpu"
         raise DataError(f"{', '.join(missing)}: trained model not found; "
                         f"run `python -m pipeline {stage} --family {family}` first")
     model, spec = saved.load_model(d)
-    run = json.loads(files[2].read_text())
+    run = saved.read_record(files[2], "run record")
     return model.to(resolve_eval_device(device, trained_on(run))), spec, run
 
 

@@ -10,12 +10,14 @@ own packed ``ScriptObject``s, allowed explicitly.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipeline.errors import SavedModelError
 from pipeline.models.factory import ModelSpec, build_model
 from pipeline.paths import write_json
 
@@ -31,8 +33,30 @@ def save_model(out_dir: Path, model: nn.Module, spec: ModelSpec) -> Path:
     return out_dir / MODEL
 
 
+#: What an error about a saved model's files adds: how to get them back.
+REWRITE = "`dvc repro` writes it again (the stage that made it reruns when its output changed)"
+
+
+def read_record(file: Path, what: str) -> dict:
+    """A JSON file written beside a saved model (its spec, run record, recipe), as a dict; a
+    damaged one is a ``SavedModelError`` naming it."""
+    try:
+        record = json.loads(Path(file).read_text())
+    except ValueError as err:
+        raise SavedModelError(f"{file}: not a readable {what} ({type(err).__name__}: {err}); {REWRITE}") from None
+    if not isinstance(record, dict):
+        raise SavedModelError(f"{file}: not a readable {what} (a JSON object expected); {REWRITE}")
+    return record
+
+
 def read_spec(out_dir: Path) -> ModelSpec:
-    return ModelSpec.from_dict(json.loads((Path(out_dir) / SPEC).read_text()))
+    file = Path(out_dir) / SPEC
+    try:
+        return ModelSpec.from_dict(read_record(file, "model spec"))
+    except (ValueError, TypeError, KeyError) as err:
+        if isinstance(err, SavedModelError):
+            raise
+        raise SavedModelError(f"{file}: not a readable model spec ({type(err).__name__}: {err}); {REWRITE}") from None
 
 
 def load_model(out_dir: Path, skeleton: Callable[[ModelSpec], nn.Module] = build_model
@@ -42,7 +66,22 @@ def load_model(out_dir: Path, skeleton: Callable[[ModelSpec], nn.Module] = build
     weights are loaded into it."""
     spec = read_spec(out_dir)
     model = skeleton(spec)
-    with torch.serialization.safe_globals([torch.ScriptObject]):
-        state = torch.load(Path(out_dir) / MODEL, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    file = Path(out_dir) / MODEL
+    try:
+        with torch.serialization.safe_globals([torch.ScriptObject]):
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise SavedModelError(f"{file}: not readable weights ({type(err).__name__}: "
+                              f"{_short(err)}); {REWRITE}") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise SavedModelError(f"{file}: its weights do not fit the model {SPEC} beside it describes "
+                              f"({_short(err)}); {REWRITE}") from None
     return model.eval(), spec
+
+
+def _short(err: BaseException, limit: int = 240) -> str:
+    """An exception's text on one line, cut at ``limit`` characters (torch's run to many lines)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
