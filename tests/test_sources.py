@@ -183,15 +183,56 @@ def test_table_csv_and_parquet(tiny_params, workdir):
         np.testing.assert_allclose(p.arrays["x_train"].mean(axis=0), 0, atol=1e-5)  # each column on its own
         np.testing.assert_allclose(p.arrays["x_train"].std(axis=0), 1, atol=1e-4)
         assert p.arrays["norm_mean"].shape == (1, 3) and p.arrays["norm_mean"][0, 1] > 1e4
-    frame.assign(city=["x"] * 90).to_csv(workdir / "bad.csv", index=False)
-    with pytest.raises(DataError, match="bad.csv.*column 'city' is not numeric"):
-        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "bad.csv", "data.table.label_column": "kind"}))
+    frame.assign(when=pd.Timestamp("2026-01-01")).to_parquet(workdir / "bad.parquet")
+    with pytest.raises(DataError, match="bad.parquet.*column 'when' is not numeric.*encode it as numbers"):
+        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "bad.parquet", "data.table.label_column": "kind"}))
     with pytest.raises(DataError, match="no label column 'label'"):
         prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "t.csv"}))
     frame.iloc[:20].assign(kind="wolf").to_csv(workdir / "test.csv", index=False)
     with pytest.raises(DataError, match=r"test.csv.*\['wolf'\] do not occur in the training split"):
         prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "t.csv", "data.table.label_column": "kind",
                                "data.table.test_path": "test.csv"}))
+
+
+def test_table_text_columns_are_one_hot_with_the_training_files_categories(tiny_params, workdir):
+    """A text column becomes one 0/1 feature per category of the training file (sorted, named
+    column=value); a value only the test file has sets none and is counted; a missing text value
+    is a missing value of its column; too many categories, or categorical: error, name the column."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    n = 60
+    frame = pd.DataFrame({"size": rng.normal(size=n), "colour": rng.choice(["red", "blue", "green"], n),
+                          "label": ["a", "b"] * (n // 2)})
+    frame.to_csv(workdir / "train.csv", index=False)
+    test = frame.iloc[:10].copy()
+    test.loc[[0, 3], "colour"] = "violet"
+    test.to_csv(workdir / "test.csv", index=False)
+    table = {"data.dataset": "table", "data.table.path": "train.csv", "data.table.test_path": "test.csv",
+             "data.normalize": "none"}
+    p = prepare(tiny_params(**table))
+    card = p.card
+    assert card["features"] == ["size", "colour=blue", "colour=green", "colour=red"]
+    assert card["one_hot"] == {"colour": ["blue", "green", "red"]} and card["input_shape"] == [1, 4]
+    assert card["unseen_categories"] == {"test": {"colour": 2}}
+    onehot = p.arrays["x_test"][:, 0, 1:]
+    assert sorted(onehot.sum(axis=1).tolist()) == [0.0] * 2 + [1.0] * 8  # violet: no category
+    train = np.concatenate([p.arrays["x_train"], p.arrays["x_val"]])[:, 0]
+    assert set(train[:, 1:].sum(axis=1).tolist()) == {1.0}
+    np.testing.assert_allclose(np.sort(train[:, 0]), np.sort(frame["size"].to_numpy()), rtol=1e-5)
+
+    gaps = frame.copy()
+    gaps.loc[5, "colour"] = None
+    gaps.to_csv(workdir / "gaps.csv", index=False)
+    with pytest.raises(DataError, match=r"gaps.csv.*1 missing or infinite feature value\(s\), the first in data row 5 "
+                                        r".*column 'colour'"):
+        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "gaps.csv"}))
+    frame.assign(name=[f"id{i}" for i in range(n)]).to_csv(workdir / "ids.csv", index=False)
+    with pytest.raises(DataError, match="ids.csv.*text column 'name' takes 60 distinct values, more than "
+                                        r"data.table.max_categories \(32\)"):
+        prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "ids.csv"}))
+    with pytest.raises(DataError, match="train.csv.*column 'colour' is not numeric.*data.table.categorical: onehot"):
+        prepare(tiny_params(**table, **{"data.table.categorical": "error"}))
 
 
 def _images(root, classes, n, size=(10, 12), mode="L"):
