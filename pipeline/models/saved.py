@@ -70,7 +70,10 @@ def load_model(out_dir: Path, skeleton: Callable[[ModelSpec], nn.Module] = build
     try:
         with torch.serialization.safe_globals([torch.ScriptObject]):
             state = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except pickle.UnpicklingError:  # torch's weights-only unpickler met something else than tensors
+        raise SavedModelError(f"{file}: refused: it holds objects beyond tensors, whose loading could run code "
+                              f"(weights are loaded weights-only); {REWRITE}") from None
+    except (RuntimeError, EOFError, ValueError) as err:
         raise SavedModelError(f"{file}: not readable weights ({type(err).__name__}: "
                               f"{_short(err)}); {REWRITE}") from None
     try:
