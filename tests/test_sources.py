@@ -161,6 +161,9 @@ def test_ucr_missing_values_are_named_or_interpolated(tiny_params, workdir):
     np.testing.assert_array_equal(x[3, 0], [3, 4, 5, 5])
     p = prepare(tiny_params(**gap, **{"data.ucr.missing": "interpolate"}))
     assert p.card["missing_values_interpolated"] == {"train": 4}
+    from pipeline.reporting.data_section import data_markdown
+
+    assert "- Missing values interpolated along time: train 4." in data_markdown(p.card)
     train[5] = "?,?,?,?:b"
     ts("TRAIN", train)
     with pytest.raises(DataError, match="series 5, channel 0 has no observed value"):
@@ -215,6 +218,11 @@ def test_table_text_columns_are_one_hot_with_the_training_files_categories(tiny_
     assert card["features"] == ["size", "colour=blue", "colour=green", "colour=red"]
     assert card["one_hot"] == {"colour": ["blue", "green", "red"]} and card["input_shape"] == [1, 4]
     assert card["unseen_categories"] == {"test": {"colour": 2}}
+    from pipeline.reporting.data_section import data_markdown
+
+    text = data_markdown(card)
+    assert "- Text columns one-hot encoded (a 0/1 feature per category of the training file): colour (3 categories)." in text
+    assert "not among the training file's categories (no category set): colour 2." in text
     onehot = p.arrays["x_test"][:, 0, 1:]
     assert sorted(onehot.sum(axis=1).tolist()) == [0.0] * 2 + [1.0] * 8  # violet: no category
     train = np.concatenate([p.arrays["x_train"], p.arrays["x_val"]])[:, 0]
@@ -262,10 +270,14 @@ def test_table_missing_values_and_a_written_row_index(tiny_params, workdir):
         prepare(tiny_params(**table))
     p = prepare(tiny_params(**table, **{"data.table.missing": "drop"}))
     assert sum(p.card["num_samples"].values()) == 57 and p.card["rows_dropped_for_missing_values"] == {"all": 3}
+    from pipeline.reporting.data_section import data_markdown
+
+    assert "- Rows dropped for missing values: all 3." in data_markdown(p.card)
 
     frame.drop([7, 9, 11]).to_csv(workdir / "indexed.csv")  # the index written as a blank-headed first column
     p = prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "indexed.csv"}))
     assert p.card["features"] == ["a", "b"] and p.card["columns_left_out"] == ["Unnamed: 0"]
+    assert "- Columns left out (blank header, a written row index): Unnamed: 0." in data_markdown(p.card)
     p = prepare(tiny_params(**{"data.dataset": "table", "data.table.path": "indexed.csv",
                                "data.table.feature_columns": ["Unnamed: 0", "a"]}))
     assert p.card["features"] == ["Unnamed: 0", "a"] and "columns_left_out" not in p.card
@@ -338,5 +350,6 @@ def test_report_data_section_maps_indices_to_labels(tiny_params):
     card = prepare(_ucr(tiny_params, name="BasicMotions")).card
     text = data_markdown(card)
     assert "**BasicMotions** (source `ucr`)" in text and "train 34, val 6, test 40" in text  # 15 % of 40
+    assert "- Files (ts): train `" in text and "BasicMotions_TEST.ts`." in text
     assert "| 0 | standing | 9 | 1 | 10 |" in text and "| 3 | badminton | 8 | 2 | 10 |" in text
     assert "training split only" in text and card["sha256"][:16] in text

@@ -30,6 +30,7 @@ def data_markdown(card: dict) -> str:
         ln = card["lengths"]
         lines.append(f"- Series of unequal length ({ln['min']} to {ln['max']} steps): padded to {ln['padded_to']} "
                      f"with {ln['padded_with']}.")
+    lines += _source_lines(card)
     classes = card.get("classes", list(range(card["num_classes"])))
     counts = card["class_counts"]
     lines += ["", "| index | label | train | val | test |", "|---|---|---|---|---|"]
@@ -38,6 +39,31 @@ def data_markdown(card: dict) -> str:
     lines += ["", f"Prepared data sha256 `{card['sha256'][:16]}`"
               + (f", raw data sha256 `{card['raw_sha256'][:16]}`" if "raw_sha256" in card else "") + "."]
     return "\n".join(lines) + "\n"
+
+
+def _per_split(counts: dict) -> str:
+    return ", ".join(f"{split} {n}" for split, n in counts.items())
+
+
+def _source_lines(card: dict) -> list[str]:
+    """What the source did to the data as read (the card's entries beyond the common ones)."""
+    lines = []
+    if card.get("files"):
+        fmt = f" ({card['format']})" if card.get("format") else ""
+        lines.append(f"- Files{fmt}: " + ", ".join(f"{s} `{f}`" for s, f in card["files"].items()) + ".")
+    if card.get("one_hot"):
+        lines.append("- Text columns one-hot encoded (a 0/1 feature per category of the training file): "
+                     + ", ".join(f"{c} ({len(v)} categories)" for c, v in card["one_hot"].items()) + ".")
+    for split, columns in (card.get("unseen_categories") or {}).items():
+        lines.append(f"- Values of the {split} file not among the training file's categories (no category set): "
+                     + ", ".join(f"{c} {n}" for c, n in columns.items()) + ".")
+    if card.get("columns_left_out"):
+        lines.append(f"- Columns left out (blank header, a written row index): {', '.join(card['columns_left_out'])}.")
+    if any((card.get("rows_dropped_for_missing_values") or {}).values()):
+        lines.append(f"- Rows dropped for missing values: {_per_split(card['rows_dropped_for_missing_values'])}.")
+    if any((card.get("missing_values_interpolated") or {}).values()):
+        lines.append(f"- Missing values interpolated along time: {_per_split(card['missing_values_interpolated'])}.")
+    return lines
 
 
 def data_section_text(dataset: str) -> str | None:
