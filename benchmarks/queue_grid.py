@@ -7,8 +7,10 @@ each experiment's training time and energy in both.
 Makes a git + DVC repo of this project's code and params.yaml in a temporary directory, runs
 ``prepare`` once, then each round queues the grid (``dvc exp run --queue TARGET -S ...``: every
 combination, ``--force``d so that no stage is restored from DVC's run cache) and runs it with
-``dvc queue start -j 1`` and with ``-j 2`` (which first alternates every round), timing from
-the start of the workers to the last experiment's end. Prints the
+``dvc queue start -j 1`` and with ``-j 2`` (which first alternates every round; the workers of one
+grid are stopped before the next starts, so each starts its own), timing from
+the start of the workers to the git ref of the last experiment (polled with git: DVC's own status
+command would take CPU from the experiments). Prints the
 wall time of each way (median [range] over rounds, and -j 2 over -j 1), and per experiment the
 training time and energy (``metrics/train/*.json``: CodeCarbon, with its method) in each way
 and their ratio. ``train.threads: auto`` is what keeps two experiments from oversubscribing the
@@ -50,22 +52,46 @@ def make_repo() -> Path:
     return case
 
 
+def finished(case: Path) -> int:
+    """How many experiments the repo holds (DVC writes an experiment's git ref when it succeeds)."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=case,
+                          capture_output=True, text=True, check=True).stdout.split()
+    return sum(1 for r in refs if r.count("/") >= 4)  # refs/exps/<2>/<38>/<name>, not exec/ or celery/
+
+
 def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float, dict[str, dict]]:
     """Queue the grid, run it ``jobs`` at a time; (wall seconds, train metrics by grid point)."""
     sh(case, "dvc", "exp", "remove", "--all-commits", "--queue")
     # --force: every stage of the target runs, never restored from DVC's run cache (the same grid
     # ran in the other way before), prepare included: the same work in both ways.
     sh(case, "dvc", "exp", "run", "--queue", "--force", target, *[a for s in sets for a in ("-S", s)])
+    queued = sh(case, "dvc", "queue", "status").count("Queued")
+    before = finished(case)
     log = case / ".dvc" / "tmp" / "queue-start.log"
     t0 = time.perf_counter()
     with log.open("w") as out:  # the workers outlive the command: no pipe to wait on
         subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=case, stdout=out, stderr=out, check=True,
                        env=dvc_env())
-    while any(s in (status := sh(case, "dvc", "queue", "status")) for s in ("Queued", "Running")):
-        time.sleep(1)
+    # Waiting asks git, not DVC: a `dvc queue status` (about a second of CPU) every second would
+    # take a good part of a core from the experiments it times. DVC asked every 15 s for failures.
+    last_asked = time.perf_counter()
+    while finished(case) - before < queued:
+        time.sleep(0.25)
+        if time.perf_counter() - last_asked > 15:
+            if "Failed" in (status := sh(case, "dvc", "queue", "status")):
+                sys.exit(f"an experiment failed:\n{status}")
+            last_asked = time.perf_counter()
     wall = time.perf_counter() - t0
+    while "Running" in (status := sh(case, "dvc", "queue", "status")):  # its ref is written last but one
+        time.sleep(1)
     if "Failed" in status:
         sys.exit(f"an experiment failed:\n{status}")
+    # DVC's workers wait 10 s for more work before they exit; a worker left over would run the next
+    # grid's experiments too (a "-j 1" grid right after a "-j 2" one ran two at a time). Not `dvc
+    # queue stop`: its shutdown request stays in the queue and stops the next grid's worker too.
+    while "0 active, 0 idle" not in subprocess.run(["dvc", "queue", "status"], cwd=case, env=dvc_env(), text=True,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout:
+        time.sleep(2)  # (DVC prints the workers' line on stderr)
     rows = [r for r in csv.DictReader(io.StringIO(sh(case, "dvc", "exp", "show", "--csv")))
             if r["Experiment"] and r["typ"] != "baseline"]
     keys = [s.split("=")[0] for s in sets]
