@@ -161,7 +161,7 @@ def _features(frame, cols: list[str], params: TableParams, where: str, categorie
             raise DataError(f"{where}: column {c!r} is not numeric (dtype {column.dtype}); {hint}"
                             + (" (data.table.categorical: onehot encodes text columns)" if text else ""))
         present = column.notna().to_numpy()
-        values = column.astype(object).where(present, None).map(lambda v: None if v is None else str(v))
+        values = column.astype(str).where(present)  # each value as its text, NaN where missing
         if c not in categories:
             found = sorted(set(values.dropna()))
             if len(found) > params.max_categories:
@@ -179,5 +179,4 @@ def _features(frame, cols: list[str], params: TableParams, where: str, categorie
         blocks.append(onehot)
         names += [f"{c}={v}" for v in known]
         sources += [c] * len(known)
-    x = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(frame), 0))
-    return x, names, sources, unseen
+    return np.concatenate(blocks, axis=1), names, sources, unseen  # cols is never empty (checked by load)

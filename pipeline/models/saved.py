@@ -51,11 +51,10 @@ def read_record(file: Path, what: str) -> dict:
 
 def read_spec(out_dir: Path) -> ModelSpec:
     file = Path(out_dir) / SPEC
+    record = read_record(file, "model spec")
     try:
-        return ModelSpec.from_dict(read_record(file, "model spec"))
+        return ModelSpec.from_dict(record)
     except (ValueError, TypeError, KeyError) as err:
-        if isinstance(err, SavedModelError):
-            raise
         raise SavedModelError(f"{file}: not a readable model spec ({type(err).__name__}: {err}); {REWRITE}") from None
 
 
