@@ -12,9 +12,13 @@ waits until the workers of the last have left, so each starts its own), timing f
 the start of the workers to the git ref of the last experiment (polled with git: DVC's own status
 command would take CPU from the experiments). Prints the
 wall time of each way (median [range] over rounds, and -j 2 over -j 1), and per experiment the
-training time and energy (``metrics/train/*.json``: CodeCarbon, with its method) in each way
-and their ratio. ``train.threads: auto`` is what keeps two experiments from oversubscribing the
-cores (docs/scale-out.md).
+training time, energy (``metrics/train/*.json``: CodeCarbon, with its method) and torch threads in
+each way, their ratio, and whether the two ways' mean energies differ beyond their noise
+(``pipeline.uncertainty.beyond``: 1.96 combined standard errors of the rounds). ``train.threads:
+auto`` is what keeps two experiments from oversubscribing the cores (docs/scale-out.md): an
+experiment then trains on fewer threads beside another than alone, which is different work;
+``-S train.threads=1`` gives both ways the same threads, so that their energies measure the same
+work alone and side by side.
 """
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from _common import GIT, done_with, pipeline_env, scratch_project, summary
+from _common import GIT, ROOT, done_with, pipeline_env, scratch_project, summary
+
+sys.path.insert(0, str(ROOT))
+from pipeline.uncertainty import Spread, beyond  # noqa: E402
 
 
 def dvc_env() -> dict[str, str]:
@@ -101,7 +108,7 @@ def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float
         # The training's figures (metrics/train/<family>.json; DVC prefixes a column with its
         # file only where two files share the name).
         points[point] = {m: float(r[next(c for c in r if c == m or ("/train/" in c and c.endswith(f":{m}")))])
-                         for m in ("duration_s", "energy_j")}
+                         for m in ("duration_s", "energy_j", "threads")}
         points[point]["method"] = r.get("energy_method") or next((r[c] for c in r if c.endswith("energy_method")), "?")
     return wall, points
 
@@ -133,15 +140,19 @@ def main() -> None:
     for jobs in (1, 2):
         ratio = "" if jobs == 1 else f" ({statistics.median(walls[2]) / statistics.median(walls[1]):.2f}x -j 1)"
         print(f"dvc queue start -j {jobs}: wall {summary(walls[jobs], 's')}{ratio}")
-    print("\nper experiment: training time and energy, -j 1 | -j 2 | energy ratio")
+    print("\nper experiment: training time and energy, -j 1 | -j 2 | energy ratio (medians); whether the means "
+          "differ beyond their noise (1.96 combined standard errors); torch threads")
     for p in sorted(runs[1]):
         one, two = runs[1][p], runs[2].get(p, [])
-        e1 = statistics.median(m["energy_j"] for m in one)
-        e2 = statistics.median(m["energy_j"] for m in two) if two else float("nan")
+        e1, e2 = Spread.of([m["energy_j"] for m in one]), Spread.of([m["energy_j"] for m in two])
+        ratio = statistics.median(m["energy_j"] for m in two) / statistics.median(m["energy_j"] for m in one) \
+            if two else float("nan")
+        verdict = "not measured" if e2 is None or e1.n < 2 or e2.n < 2 else \
+            ("beyond the noise" if beyond(e1.mean, e2.mean, e1.sem, e2.sem) else "within the noise")
+        threads = " | ".join(",".join(sorted({f"{m['threads']:g}" for m in way})) or "-" for way in (one, two))
         print(f"  {p}: {summary([m['duration_s'] for m in one], 's')}, {summary([m['energy_j'] for m in one], 'J')} | "
               f"{summary([m['duration_s'] for m in two], 's')}, {summary([m['energy_j'] for m in two], 'J')} | "
-              f"{e2 / e1:.2f}")
-
+              f"{ratio:.2f}, {verdict}; threads {threads}")
 
 if __name__ == "__main__":
     main()

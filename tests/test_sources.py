@@ -294,6 +294,11 @@ def test_image_folder_pooled_and_given_splits(tiny_params, workdir):
     p = prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "given", "data.images.image_size": [6, 4]}))
     assert p.card["input_shape"] == [3, 6, 4] and p.card["num_samples"]["test"] == 9
     assert p.card["num_samples"]["train"] + p.card["num_samples"]["val"] == 24
+    from pipeline.reporting.data_section import data_markdown
+
+    # the folders read, relative to the project: the same card on every clone
+    assert p.card["files"] == {"train": "given/train", "test": "given/test"}
+    assert "- Read from: train `given/train`, test `given/test`." in data_markdown(p.card)
     (workdir / "given" / "test" / "a" / "0.png").write_bytes(b"no png")
     with pytest.raises(DataError, match=r"given/test/a/0.png: not a readable image"):
         prepare(tiny_params(**{"data.dataset": "images", "data.images.path": "given"}))
@@ -350,6 +355,6 @@ def test_report_data_section_maps_indices_to_labels(tiny_params):
     card = prepare(_ucr(tiny_params, name="BasicMotions")).card
     text = data_markdown(card)
     assert "**BasicMotions** (source `ucr`)" in text and "train 34, val 6, test 40" in text  # 15 % of 40
-    assert "- Files (ts): train `" in text and "BasicMotions_TEST.ts`." in text
+    assert "- Read from (ts): train `" in text and "BasicMotions_TEST.ts`." in text
     assert "| 0 | standing | 9 | 1 | 10 |" in text and "| 3 | badminton | 8 | 2 | 10 |" in text
     assert "training split only" in text and card["sha256"][:16] in text

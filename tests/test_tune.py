@@ -80,6 +80,9 @@ def test_tiny_study_measures_and_tracks_every_trial(prepared, meter):
             assert run.data.metrics["final/val_acc"] == pytest.approx(t.value)
     assert {r.data.tags["trial_state"] for r in trials} <= {"COMPLETE", "PRUNED"}
     assert parent.data.metrics["search/energy_j"] == pytest.approx(m["search_energy_j"])
+    # the summed energy says how it was measured: the method of its trials, one here
+    assert parent.data.tags["energy_method"] == trials[0].data.tags["energy_method"] == meter.method
+    assert parent.data.tags["energy_backend"] == "codecarbon"
     (refit,) = _runs(params, "tags.role = 'refit'")
     assert refit.data.tags["variant"] == "tuned"
     assert refit.data.metrics["final/val_acc"] == pytest.approx(m["val_acc"])

@@ -114,8 +114,7 @@ class Images(Source):
             x = np.stack(arrays)
             splits[split] = (x, np.array([label for _, label in items]))
         bar.close()
-        info = {"image_size": [h, w], "mode": "grayscale" if mode == "L" else "rgb",
-                "files": {s: len(items) for s, items in scanned.items()}}
+        info = {"image_size": [h, w], "mode": "grayscale" if mode == "L" else "rgb"}
         return Loaded(splits, "image", {s: str(f) for s, f in folders.items()}, info=info)
 
 

@@ -286,9 +286,19 @@ def prepare(params: Params) -> Prepared:
         "source": {"dataset": cfg.dataset, **sp.model_dump(), "val_fraction": cfg.val_fraction,
                    "test_fraction": cfg.test_fraction, "normalize": cfg.normalize},
         "split_seed": params.base.seed,
+        "files": {s: _shown(f) for s, f in loaded.files.items()},
         **{k: v for k, v in loaded.info.items() if k != "archive"},
     }
     return Prepared(arrays, card)
+
+
+def _shown(file: str) -> str:
+    """A file as the card names it: relative to the working directory when under it (the same on
+    every clone of the project), else as given."""
+    try:
+        return str(Path(file).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return file
 
 
 def save(prepared: Prepared, dataset: str) -> tuple[Path, Path]:

@@ -167,7 +167,7 @@ class Ucr(Source):
             declared = declared or classes
         if len(channels) > 1:
             raise DataError(f"{self.describe(params)}: series with different numbers of channels {sorted(channels)}")
-        info = {"archive": params.name, "format": fmt, "files": {s: str(f) for s, f in files.items()}}
+        info = {"archive": params.name, "format": fmt}
         if params.missing == "interpolate":
             info["missing_values_interpolated"] = interpolated
         return Loaded(splits, "sequence", {s: str(f) for s, f in files.items()}, classes=declared, info=info)

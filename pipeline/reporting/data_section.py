@@ -50,7 +50,7 @@ def _source_lines(card: dict) -> list[str]:
     lines = []
     if card.get("files"):
         fmt = f" ({card['format']})" if card.get("format") else ""
-        lines.append(f"- Files{fmt}: " + ", ".join(f"{s} `{f}`" for s, f in card["files"].items()) + ".")
+        lines.append(f"- Read from{fmt}: " + ", ".join(f"{s} `{f}`" for s, f in card["files"].items()) + ".")
     if card.get("one_hot"):
         lines.append("- Text columns one-hot encoded (a 0/1 feature per category of the training file): "
                      + ", ".join(f"{c} ({len(v)} categories)" for c, v in card["one_hot"].items()) + ".")

@@ -21,7 +21,16 @@ from pipeline.tracking import base_tags, tracked_run
 from pipeline.training.train import FitResult, fit
 from pipeline.tuning.guard import StoppedForBudget, TrialGuard
 from pipeline.tuning.space import sample
-from pipeline.tuning.study import ENERGY_ATTR, INTERRUPTED_ATTR, STOPPED_FOR_ATTR, SURPLUS_ATTR, SurplusTrial, claim
+from pipeline.tuning.study import (
+    BACKEND_ATTR,
+    ENERGY_ATTR,
+    INTERRUPTED_ATTR,
+    METHOD_ATTR,
+    STOPPED_FOR_ATTR,
+    SURPLUS_ATTR,
+    SurplusTrial,
+    claim,
+)
 
 
 class Objective:
@@ -104,6 +113,8 @@ class Objective:
                 if energy is not None and energy.energy_kwh is not None:
                     trial.set_user_attr(ENERGY_ATTR, energy.energy_kwh)
                     trial.set_user_attr("emissions_kg", energy.emissions_kg)
+                    trial.set_user_attr(METHOD_ATTR, energy.method)
+                    trial.set_user_attr(BACKEND_ATTR, energy.backend)
                 run.set_tags({"trial_state": state})
                 acc = result.metrics.get("val_acc", max((r.get("val/acc", 0) for r in result.history), default=None))
                 joules = "n/a" if energy is None or energy.energy_j is None else f"{energy.energy_j:.1f} J"

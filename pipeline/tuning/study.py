@@ -15,6 +15,8 @@ from pipeline.errors import NothingToSelect
 from pipeline.pareto import knee, pareto_front
 
 ENERGY_ATTR = "energy_kwh"
+METHOD_ATTR = "energy_method"  # how the trial's energy was measured (EnergyReading.method)
+BACKEND_ATTR = "energy_backend"
 INTERRUPTED_ATTR = "interrupted"  # a trial ended by Ctrl-C/SIGTERM: retried on resume, not counted
 RETRY_ATTR = "retry_of"
 STOPPED_FOR_ATTR = "stopped_for"  # why a pruned trial ended: the pruner's name, pareto, target or budget
@@ -172,6 +174,19 @@ def load_study(params: Params, family: str, data_hash: str, storage, worker: int
 def spent_kwh(study: optuna.Study) -> float:
     """Energy of every trial so far, whatever its state (the cost of a search includes failures)."""
     return sum(t.user_attrs.get(ENERGY_ATTR) or 0.0 for t in study.get_trials(deepcopy=False))
+
+
+def spent_measured_by(study: optuna.Study) -> dict[str, str]:
+    """How the energy ``spent_kwh`` sums was measured: the distinct methods and backends of the
+    trials, joined by ``+`` (``pipeline.uncertainty.factors`` reads a sum's method so), as the tags
+    ``energy_method`` and ``energy_backend``; empty when no trial measured any."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ENERGY_ATTR) is not None]
+    out = {}
+    for tag, attr in (("energy_method", METHOD_ATTR), ("energy_backend", BACKEND_ATTR)):
+        found = sorted({t.user_attrs[attr] for t in trials if t.user_attrs.get(attr)})
+        if found:
+            out[tag] = "+".join(found)
+    return out
 
 
 class SurplusTrial(Exception):
