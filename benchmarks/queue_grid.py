@@ -66,6 +66,43 @@ def finished(case: Path) -> int:
     return sum(1 for r in refs if r.count("/") >= 4)  # refs/exps/<2>/<38>/<name>, not exec/ or celery/
 
 
+def workers(case: Path) -> list:
+    """DVC's queue workers of this repo (``dvc exp queue-worker`` processes working in it)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        if "queue-worker" in (p.info["cmdline"] or []) and p.info["cwd"] == str(case):
+            found.append(p)
+    return found
+
+
+def leave(case: Path, wait_s: float = 60) -> None:
+    """Wait until the repo's queue workers have exited; end those left after ``wait_s``.
+
+    DVC's workers wait 10 s for more work before they exit; one still there would run the next
+    grid's experiments too (a "-j 1" grid right after a "-j 2" one ran two at a time), and ``dvc
+    queue start -j 1`` then starts no worker of its own. Not ``dvc queue stop``: its shutdown
+    request stays in the queue and stops the next grid's worker too. And not ``dvc queue status``:
+    a worker whose idle monitor has shut it down may go on running (seen with DVC 3.67: "shutting
+    down due to empty queue", then it took the next grid's tasks and never exited), and the status
+    counts it neither active nor idle: its process is what tells.
+    """
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while (left := workers(case)) and time.monotonic() < deadline:
+        time.sleep(1)
+    if left:
+        print(f"{len(left)} DVC queue worker(s) still there {wait_s:.0f} s after the grid: ended", file=sys.stderr)
+        for p in left:
+            p.terminate()
+        _, alive = psutil.wait_procs(left, timeout=10)
+        for p in alive:  # seen: a worker past its own shutdown ignores SIGTERM
+            p.kill()
+        psutil.wait_procs(alive, timeout=10)
+
+
 def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float, dict[str, dict]]:
     """Queue the grid, run it ``jobs`` at a time; (wall seconds, train metrics by grid point)."""
     sh(case, "dvc", "exp", "remove", "--all-commits", "--queue")
@@ -74,6 +111,8 @@ def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float
     sh(case, "dvc", "exp", "run", "--queue", "--force", target, *[a for s in sets for a in ("-S", s)])
     queued = sh(case, "dvc", "queue", "status").count("Queued")
     before = finished(case)
+    if workers(case):
+        sys.exit("a DVC queue worker of the scratch repo is running before the grid starts")
     log = case / ".dvc" / "tmp" / "queue-start.log"
     t0 = time.perf_counter()
     with log.open("w") as out:  # the workers outlive the command: no pipe to wait on
@@ -93,12 +132,7 @@ def run_grid(case: Path, target: str, sets: list[str], jobs: int) -> tuple[float
         time.sleep(1)
     if "Failed" in status:
         sys.exit(f"an experiment failed:\n{status}")
-    # DVC's workers wait 10 s for more work before they exit; a worker left over would run the next
-    # grid's experiments too (a "-j 1" grid right after a "-j 2" one ran two at a time). Not `dvc
-    # queue stop`: its shutdown request stays in the queue and stops the next grid's worker too.
-    while "0 active, 0 idle" not in subprocess.run(["dvc", "queue", "status"], cwd=case, env=dvc_env(), text=True,
-                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout:
-        time.sleep(2)  # (DVC prints the workers' line on stderr)
+    leave(case)
     rows = [r for r in csv.DictReader(io.StringIO(sh(case, "dvc", "exp", "show", "--csv")))
             if r["Experiment"] and r["typ"] != "baseline"]
     keys = [s.split("=")[0] for s in sets]

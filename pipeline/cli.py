@@ -88,6 +88,13 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_tune_worker(args) -> int:
+    from pipeline.tuning.tune import worker_command
+
+    worker_command(args.job, args.worker)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     params = _load(args)
     meter = _meter(params)
@@ -224,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--variant", default="baseline", choices=["baseline", "tuned"],
                             help="the train stage's model (baseline) or the search's (tuned)")
         sp.set_defaults(func=func)
+    sp = sub.add_parser("tune-worker", help="one more worker of a running search (tune.search.n_workers > 1 "
+                        "starts these itself)")
+    sp.add_argument("job", type=Path, help="the search's worker file, written by the tune command")
+    sp.add_argument("--worker", type=int, required=True, help="this worker's number (1 ..)")
+    sp.set_defaults(func=cmd_tune_worker)
     sp = sub.add_parser("compress", help="int8 quantization, pruning and distillation variants of one family's "
                         "trained model(s), each measured like evaluate and tracked")
     sp.add_argument("--family", required=True, help=FAMILY_HELP)

@@ -234,3 +234,42 @@ def test_ctrl_c_on_dvc_repro_exits_fast_and_the_next_repro_resumes(tmp_path):
     assert sqlite_count(d / "optuna" / "studies.db", "SELECT count(*) FROM trials WHERE state = 'RUNNING'") == 0
     db = d / "mlruns" / "mlflow.db"
     assert sqlite_count(db, "SELECT count(*) FROM runs WHERE status = 'RUNNING'") == 0
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_reaches_every_search_worker(base, tmp_path, monkeypatch):
+    """``tune.search.n_workers: 2`` in a warm server, Ctrl-C while both workers train: the command
+    exits 130 within 10 s, the second worker (a ``tune-worker`` command of its own) ends its trial
+    as interrupted too, nothing is left RUNNING, and no worker process is left behind."""
+    import psutil
+
+    d = tmp_path / "workers"
+    shutil.copytree(base, d)
+    monkeypatch.chdir(d)
+    raw = _raw()
+    raw["train"]["early_stopping_patience"] = 0
+    raw["tune"]["search"].update({"n_trials": 4, "n_workers": 2, "max_epochs": 500})  # long trials
+    (d / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = parse_params(raw)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "tune", "--family", "mlp"], cwd=d,
+                            env={**_env(d, None), **shared_warm()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    db = d / "optuna" / "studies.db"
+    deadline = time.monotonic() + 180
+    while (sqlite_count(db, "SELECT count(*) FROM trials WHERE state = 'RUNNING'") < 2 and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0]
+    assert sqlite_count(db, "SELECT count(*) FROM trials WHERE state = 'RUNNING'") == 2, "the workers never trained at once"
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    out = _output_or_fail(proc, 60, "tune still running 60 s after Ctrl-C")
+    assert proc.returncode == 130 and time.monotonic() - sent < EXIT_WITHIN_S, out
+    trials = _study(d, params).get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING], out
+    interrupted = {t.user_attrs.get("worker") for t in trials if t.user_attrs.get(st.INTERRUPTED_ATTR)}
+    assert interrupted == {0, 1}, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert "RUNNING" not in {r.info.status for r in _runs(params)}, out
+    left = [p for p in psutil.process_iter(["cmdline", "cwd"])
+            if "tune-worker" in (p.info["cmdline"] or []) and p.info["cwd"] == str(d)]
+    assert not left, [p.info["cmdline"] for p in left]

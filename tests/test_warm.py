@@ -62,6 +62,25 @@ def test_a_served_command_writes_what_it_would_alone(server, tmp_path):
     assert len(_served(log, "prepare")) == 1 and len(_served(log, "train --family nope")) == 1
 
 
+def test_search_workers_are_served_commands_too(server, tmp_path):
+    """``tune.search.n_workers: 2``: the second worker is a command of its own (``tune-worker``),
+    a fork of the server like the ``tune`` that started it, not an interpreter importing torch
+    again; its trials count towards the study's N and say they ran in the server."""
+    env, log = server
+    d = _project(tmp_path, **{"tune.search.n_trials": 3, "tune.search.n_workers": 2})
+    assert _pipeline(["prepare"], d, env).returncode == 0
+    done = _pipeline(["tune", "--family", "mlp"], d, env)
+    assert done.returncode == 0, done.stderr
+    assert "tuned mlp: 3 trials" in done.stdout
+    workers = [line for line in log.read_text().splitlines() if ": tune-worker " in line]
+    assert len(workers) == 1 and " --worker 1: exit 0 after " in workers[0], workers
+    trials = [r for r in _runs(d) if r.data.tags.get("role") == "trial"]
+    assert {r.data.tags["launch"] for r in trials} == {"warm server"}
+    assert len(trials) >= 3 and {r.data.tags["worker"] for r in trials} <= {"0", "1"}
+    job = Path(workers[0].split(": tune-worker ")[1].split()[0])
+    assert job.name == "search-worker.json" and not job.parent.exists()  # the job file, with the storage URL, is gone
+
+
 def _wait_for(predicate, timeout_s: float, what: str):
     deadline = time.monotonic() + timeout_s
     while not predicate():

@@ -9,9 +9,12 @@ processes share the study; each measures its own trials in CodeCarbon's process 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import multiprocessing as mp
+import os
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +34,8 @@ from pipeline.tuning.space import baseline_point, split_params
 log = logging.getLogger(__name__)
 # How long an interrupted command waits for its worker processes to end their trials.
 WORKER_EXIT_S = 8
+# How often the command looks again at trials still running in other workers, waiting for them.
+WAIT_POLL_S = 0.5
 
 
 def _quiet_optuna() -> None:
@@ -91,24 +96,35 @@ def run_worker(params: Params, family: str, url: str, worker: int, n_workers: in
         # fails those and queues them again, and the loop above runs them here.
         if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             return
-        interrupts.sleep(search.heartbeat_s)
+        # Polled, not slept for a whole heartbeat: the search ends as soon as the last trial does.
+        interrupts.sleep(min(WAIT_POLL_S, search.heartbeat_s))
         optuna.storages.fail_stale_trials(study)
         st.fail_silent_trials(study, grace_s=3 * search.heartbeat_s)
 
 
-def _worker_entry(raw_params: dict, *args) -> None:  # a spawned worker process
-    from pipeline import interrupts
+def start_workers(params: Params, family: str, url: str, n_workers: int, folder: Path) -> list[subprocess.Popen]:
+    """Workers 1 .. n_workers - 1 of a search, each the command ``python -m pipeline tune-worker``:
+    a pipeline command like any other, so that where a warm server runs (``pipeline.warm``) each
+    is a fork of it with the libraries imported, not a fresh interpreter importing them (a
+    spawned process took seconds of CPU to import, beside the trials being measured). What a
+    worker needs travels in a file only this user can read (the storage URL may hold a password,
+    which a command line would show to every user of the machine): the params as plain data,
+    validated again in the worker, which also registers families named by import path there."""
+    job = folder / "search-worker.json"
+    fd = os.open(job, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"params": params.model_dump(mode="json"), "family": family, "storage": url,
+                   "n_workers": n_workers}, f)
+    return [subprocess.Popen([sys.executable, "-m", "pipeline", "tune-worker", str(job), "--worker", str(i)])
+            for i in range(1, n_workers)]
+
+
+def worker_command(job: Path, worker: int) -> None:
+    """The ``tune-worker`` command: run worker ``worker`` of the search that ``job`` describes."""
     from pipeline.config import parse_params
 
-    interrupts.install()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        # The params travel as plain data and are validated again here, which registers the
-        # families named by import path in this process too (their Params classes are made at
-        # load time and cannot be pickled).
-        run_worker(parse_params(raw_params), *args)
-    except KeyboardInterrupt:  # its trial is already marked interrupted and its run KILLED
-        sys.exit(interrupts.EXIT_INTERRUPTED)
+    spec = json.loads(job.read_text())
+    run_worker(parse_params(spec["params"]), spec["family"], spec["storage"], worker, spec["n_workers"])
 
 
 def _save_plots(study, multi: bool, out: Path) -> list[Path]:
@@ -231,30 +247,27 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
 
                 bar = tqdm(total=search.n_trials, initial=done, desc=f"tune {family}", unit="trial")
             progress = (lambda n: (setattr(bar, "n", n), bar.refresh())) if bar else None
-            ctx = mp.get_context("spawn")
-            raw = params.model_dump(mode="json")
-            procs = [ctx.Process(target=_worker_entry, args=(raw, family, url, i, n_workers), daemon=False)
-                     for i in range(1, n_workers)]
-            for p in procs:
-                p.start()
-            try:
-                run_worker(params, family, url, 0, n_workers, prepared, meter, progress, wait_for_others=True)
-            except BaseException:
-                for p in procs:  # SIGTERM: each worker ends its trial as interrupted, then exits
-                    if p.is_alive():
-                        p.terminate()
-                for p in procs:
-                    p.join(WORKER_EXIT_S)
-                    if p.is_alive():  # no safe point reached in time: its trial goes stale, is retried
-                        log.warning("search worker %s did not stop within %d s: killed", p.pid, WORKER_EXIT_S)
-                        p.kill()
-                raise
-            finally:
-                for p in procs:
-                    p.join()
-                if bar:
-                    bar.close()
-            failed_workers = [p.exitcode for p in procs if p.exitcode]
+            with tempfile.TemporaryDirectory(prefix="search-") as folder:
+                procs = start_workers(params, family, url, n_workers, Path(folder))
+                try:
+                    run_worker(params, family, url, 0, n_workers, prepared, meter, progress, wait_for_others=True)
+                except BaseException:
+                    for p in procs:  # SIGTERM: each worker ends its trial as interrupted, then exits
+                        if p.poll() is None:
+                            p.terminate()
+                    for p in procs:
+                        try:
+                            p.wait(WORKER_EXIT_S)
+                        except subprocess.TimeoutExpired:  # no safe point in time: its trial goes stale, is retried
+                            log.warning("search worker %s did not stop within %d s: killed", p.pid, WORKER_EXIT_S)
+                            p.kill()
+                    raise
+                finally:
+                    for p in procs:
+                        p.wait()
+                    if bar:
+                        bar.close()
+            failed_workers = [p.returncode for p in procs if p.returncode]
             if failed_workers:
                 log.warning("%d search worker(s) exited with an error: %s", len(failed_workers), failed_workers)
 
