@@ -252,31 +252,38 @@ class EnergyMeter:
         self.hardware: dict = {}
 
     # -- setup -------------------------------------------------------------------------------
+    @staticmethod
+    def _quiet_codecarbon() -> None:
+        """CodeCarbon's own Python warnings (e.g. that ``save_to_file`` is deprecated) kept out
+        of the output: a process-wide filter, set in the calling thread before the probe starts.
+        Not ``warnings.catch_warnings`` around the probe: that is not thread-safe; open on the
+        probing thread, it silenced every warning of the main thread meanwhile and, on leaving,
+        threw away the filters the main thread had set meanwhile (the compress stage's)."""
+        warnings.filterwarnings("ignore", module="codecarbon")
+
     def _init_tracker(self) -> None:
         try:
             cc_log = logging.getLogger("codecarbon")
             cc_log.setLevel(logging.WARNING)
             cc_log.addFilter(_CodeCarbonChatter())
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from codecarbon import OfflineEmissionsTracker
+            from codecarbon import OfflineEmissionsTracker
 
-                kwargs = dict(
-                    country_iso_code=self.cfg.country_iso_code,
-                    tracking_mode="process",
-                    save_to_file=False,
-                    log_level="warning",
-                    measure_power_secs=self.cfg.measure_power_secs,
-                    allow_multiple_runs=True,
-                )
-                if self.cfg.region:
-                    kwargs["region"] = self.cfg.region
-                if self.gpu_ids is not None:
-                    kwargs["gpu_ids"] = self.gpu_ids
-                tracker = OfflineEmissionsTracker(**kwargs)
-                # Probe the hardware now (the costly part), outside any measured block.
-                tracker.start_task("probe")
-                tracker.stop_task()
+            kwargs = dict(
+                country_iso_code=self.cfg.country_iso_code,
+                tracking_mode="process",
+                save_to_file=False,
+                log_level="warning",
+                measure_power_secs=self.cfg.measure_power_secs,
+                allow_multiple_runs=True,
+            )
+            if self.cfg.region:
+                kwargs["region"] = self.cfg.region
+            if self.gpu_ids is not None:
+                kwargs["gpu_ids"] = self.gpu_ids
+            tracker = OfflineEmissionsTracker(**kwargs)
+            # Probe the hardware now (the costly part), outside any measured block.
+            tracker.start_task("probe")
+            tracker.stop_task()
             self._tracker = tracker
             self.hardware = tracker.get_detected_hardware()
             self.method, self.cpu_method = describe_method(tracker)
@@ -297,6 +304,7 @@ class EnergyMeter:
         measurement in milliseconds instead of the probe's 1.3-2 s."""
         with self._lock:
             self._started = True
+        self._quiet_codecarbon()
         self._init_tracker()
 
     def tags(self) -> dict[str, str]:
@@ -312,6 +320,7 @@ class EnergyMeter:
         with self._lock:
             if not self._started:
                 self._started = True
+                self._quiet_codecarbon()
                 threading.Thread(target=self._init_tracker, name="energy-prewarm", daemon=True).start()
         return self
 

@@ -60,6 +60,37 @@ def test_failed_measurement_is_marked_unavailable(monkeypatch):
     assert "energy/total_j" not in r.metrics() and "energy/duration_s" in r.metrics()
 
 
+def test_the_probe_thread_leaves_the_main_threads_warning_filters_alone(monkeypatch):
+    """The meter probes the hardware on a thread of its own while the command goes on. A filter
+    the command sets meanwhile stays set, and its warnings are not all silenced meanwhile (the probe
+    once held ``warnings.catch_warnings`` open, which is process-wide: the compress stage's
+    filters were lost so, and torch's deprecation warnings came through)."""
+    import threading
+    import warnings
+
+    import codecarbon
+
+    probing, release = threading.Event(), threading.Event()
+
+    class Slow:  # a probe that takes its time, as CodeCarbon's first one does (1.3-2 s)
+        def __init__(self, *a, **k):
+            probing.set()
+            release.wait(10)
+            raise RuntimeError("no sensors")
+
+    monkeypatch.setattr(codecarbon, "OfflineEmissionsTracker", Slow)
+    monkeypatch.setattr(warnings, "filters", list(warnings.filters))  # restored after the test
+    before = list(warnings.filters)
+    meter = EnergyMeter(EnergyCfg()).prewarm()
+    assert probing.wait(10)
+    # none but filters of one module's warnings (the meter's for CodeCarbon's, set before the probe)
+    assert all(f[3] is not None for f in warnings.filters if f not in before), warnings.filters[:3]
+    warnings.filterwarnings("ignore", message="set while the meter probes")
+    release.set()
+    meter.tags()  # waits for the probe to end
+    assert any(f[1] is not None and f[1].pattern == "set while the meter probes" for f in warnings.filters)
+
+
 def test_readings_add_up_per_gpu_and_name_their_backend():
     from pipeline.energy import EnergyReading
 

@@ -34,7 +34,13 @@ from pipeline.compression.artifact import load_variant, save_variant
 from pipeline.compression.distill import DistillClassifier, student_name, student_spec
 from pipeline.compression.finetune import fit_module, train_cfg
 from pipeline.compression.prune import compact, make_permanent, prune_global, prune_structured, weight_sparsity
-from pipeline.compression.quantize import quantize_dynamic, quantize_static, set_engine, static_unsupported_reason
+from pipeline.compression.quantize import (
+    quantize_dynamic,
+    quantize_static,
+    quiet_torch_quantization,
+    set_engine,
+    static_unsupported_reason,
+)
 from pipeline.compute import resolve_eval_device
 from pipeline.config import Params
 from pipeline.data.prepare import Prepared, load_prepared
@@ -402,6 +408,7 @@ def compress_family(params: Params, family: str, source: str = paths.BASELINE, m
                     prepared: Prepared | None = None) -> dict:
     """The compress stage for one trained model (``source``: baseline or tuned) of ``family``."""
     t0 = time.perf_counter()
+    quiet_torch_quantization()
     meter = (meter or EnergyMeter(params.energy)).prewarm()
     prepared = prepared or load_prepared(params.data.dataset)
     teacher, spec, source_run = load_trained(family, source)  # on the CPU: the variants are made from it

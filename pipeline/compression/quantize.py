@@ -35,6 +35,14 @@ def static_unsupported_reason(family: str) -> str | None:
     return get_family(family).static_int8_unsupported
 
 
+def quiet_torch_quantization() -> None:
+    """Keep out of the compress stage's output two deprecation warnings that torch prints for its
+    own eager-mode int8 code, which is what this module uses and nothing the user can change: the
+    quantized tensor constructors, and TypedStorage when such tensors are saved."""
+    warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated.*")
+    warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated.*")
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
