@@ -359,6 +359,7 @@ def test_compress_stage_measures_and_tracks_every_variant(in_trained, meter):
         assert r.info.status == "FINISHED"
         assert tags["source_run_id"] == source_run and tags["variant"] == f"{tags['technique']}-{tags['level']}"
         assert {"data_hash", "git_commit", "energy_method"} <= set(tags)
+        assert tags["inference_device"] == "cpu"  # where its test figures were measured
         for key in ("test/acc", "test/f1_macro", "test/energy_per_1k_j", "test/latency_ms_per_sample",
                     "test/throughput_per_s", "test/acc_delta", "model/params_total", "model/params_nonzero",
                     "model/size_bytes", "energy/total_j", "energy/total_kwh", "energy/emissions_kg",

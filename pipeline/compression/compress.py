@@ -401,7 +401,8 @@ def _log_figures(run: Run, model_id: str | None, metrics: dict, reference: dict)
     run.log_metrics({"reference/test_acc": reference["test_acc"],
                      "reference/energy_per_1k_j": reference.get("energy_per_1k_j")})
     run.set_tags({"flops_note": metrics.get("flops_note"), "payback": metrics.get("payback"),
-                  "inference_allocator": metrics.get("inference_allocator")})
+                  "inference_allocator": metrics.get("inference_allocator"),
+                  "inference_device": metrics.get("inference_device")})
 
 
 def compress_family(params: Params, family: str, source: str = paths.BASELINE, meter: EnergyMeter | None = None,
