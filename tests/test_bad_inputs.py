@@ -114,6 +114,17 @@ BAD_COMMAND_LINES = [
 ]
 
 
+def test_a_search_worker_without_its_file_says_what_the_file_is(workdir, capsys):
+    """``tune-worker`` is started by ``tune``; run by hand on a missing or foreign file, it says
+    what it wanted, exit 2, nothing written."""
+    (workdir / "other.json").write_text('{"params": {}}')
+    for job in ("missing.json", "other.json"):
+        assert cli.main(["tune-worker", job, "--worker", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {job}: not a search worker file") and "tune.search.n_workers" in err, err
+    assert sorted(p.name for p in workdir.iterdir()) == ["other.json"]
+
+
 @pytest.mark.parametrize("argv, expected", BAD_COMMAND_LINES)
 def test_bad_command_line_exits_2(workdir, capsys, argv, expected):
     with pytest.raises(SystemExit) as exit_:

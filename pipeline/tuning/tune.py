@@ -121,10 +121,15 @@ def start_workers(params: Params, family: str, url: str, n_workers: int, folder:
 
 def worker_command(job: Path, worker: int) -> None:
     """The ``tune-worker`` command: run worker ``worker`` of the search that ``job`` describes."""
-    from pipeline.config import parse_params
+    from pipeline.config import ParamsError, parse_params
 
-    spec = json.loads(job.read_text())
-    run_worker(parse_params(spec["params"]), spec["family"], spec["storage"], worker, spec["n_workers"])
+    try:
+        spec = json.loads(job.read_text())
+        raw, family, url, n_workers = spec["params"], spec["family"], spec["storage"], int(spec["n_workers"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ParamsError(f"{job}: not a search worker file ({type(err).__name__}: {err}); the tune command "
+                          f"writes one for each worker it starts (tune.search.n_workers)") from None
+    run_worker(parse_params(raw, source=str(job)), family, url, worker, n_workers)
 
 
 def _save_plots(study, multi: bool, out: Path) -> list[Path]:
