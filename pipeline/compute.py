@@ -102,6 +102,13 @@ def _gpu_kind() -> str | None:
     return None
 
 
+# What says a command was started as one machine of a multi-node run: Lightning's own variables
+# (MASTER_ADDR with NODE_RANK, set by the user on each machine), or a launcher's (SLURM, torchrun,
+# MPI, LSF), each of which Lightning reads.
+MULTI_NODE_LAUNCH = (("MASTER_ADDR", "NODE_RANK"), ("SLURM_NTASKS",), ("TORCHELASTIC_RUN_ID",),
+                     ("OMPI_COMM_WORLD_SIZE",), ("PMI_SIZE",), ("LSB_JOBID",))
+
+
 def resolve_devices(cfg: TrainCfg) -> Devices:
     """``train.accelerator``, ``devices``, ``strategy``, ``num_nodes`` and ``precision`` checked
     against this machine; a ParamsError names the key (never a silent fallback to the CPU)."""
@@ -130,6 +137,13 @@ def resolve_devices(cfg: TrainCfg) -> Devices:
     if cfg.precision == "bf16-mixed" and kind == "cuda" and not torch.cuda.is_bf16_supported():
         raise ParamsError(f"train.precision: bf16-mixed is not supported by {torch.cuda.get_device_name(0)}; "
                           "use 16-mixed or 32")
+    if cfg.num_nodes > 1 and not any(all(v in os.environ for v in launch) for launch in MULTI_NODE_LAUNCH):
+        # Alone, the command would be node 0 waiting for the others (torch's 30 min rendezvous
+        # timeout), in C++ where neither Ctrl-C nor SIGTERM reaches it.
+        raise ParamsError(f"train.num_nodes: {cfg.num_nodes} machines asked for, but this command was not "
+                          "started as one of them: run the same command on each machine with MASTER_ADDR, "
+                          "MASTER_PORT and NODE_RANK set (or under SLURM or torchrun, which set them); "
+                          "docs/scale-out.md")
     resolved = Devices(kind, devices, cfg.strategy, cfg.num_nodes, PRECISION[cfg.precision])
     # auto is DDP over several processes; DDP over one process is one process.
     strategy = "auto" if resolved.world_size == 1 else ("ddp" if cfg.strategy == "auto" else cfg.strategy)

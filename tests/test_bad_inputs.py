@@ -41,6 +41,9 @@ CASES = [
     ("wrong-type-seed", params_text(**{"base.seed": [1, 2]}), ["prepare"], "base.seed"),
     ("negative-lr", params_text(**{"train.lr": -0.1}), ["train", "--family", "mlp"], "train.lr"),
     ("zero-lr", params_text(**{"train.lr": 0}), ["train", "--family", "mlp"], "train.lr"),
+    # alone, it would wait for the other machine (30 min, deaf to Ctrl-C)
+    ("nodes-without-a-cluster", params_text(**{"train.num_nodes": 2}), ["train", "--family", "mlp"],
+     "train.num_nodes: 2 machines asked for, but this command was not started as one of them"),
     ("zero-batch", params_text(**{"train.batch_size": 0}), ["train", "--family", "mlp"], "train.batch_size"),
     ("zero-epochs", params_text(**{"train.max_epochs": 0}), ["train", "--family", "mlp"], "train.max_epochs"),
     ("negative-epochs", params_text(**{"train.max_epochs": -3}), ["train", "--family", "mlp"], "train.max_epochs"),
