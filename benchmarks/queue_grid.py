@@ -70,11 +70,8 @@ def workers(case: Path) -> list:
     """DVC's queue workers of this repo (``dvc exp queue-worker`` processes working in it)."""
     import psutil
 
-    found = []
-    for p in psutil.process_iter(["cmdline", "cwd"]):
-        if "queue-worker" in (p.info["cmdline"] or []) and p.info["cwd"] == str(case):
-            found.append(p)
-    return found
+    return [p for p in psutil.process_iter(["cmdline", "cwd"])
+            if "queue-worker" in (p.info["cmdline"] or []) and p.info["cwd"] == str(case)]
 
 
 def leave(case: Path, wait_s: float = 60) -> None:
@@ -187,6 +184,7 @@ def main() -> None:
         print(f"  {p}: {summary([m['duration_s'] for m in one], 's')}, {summary([m['energy_j'] for m in one], 'J')} | "
               f"{summary([m['duration_s'] for m in two], 's')}, {summary([m['energy_j'] for m in two], 'J')} | "
               f"{ratio:.2f}, {verdict}; threads {threads}")
+
 
 if __name__ == "__main__":
     main()

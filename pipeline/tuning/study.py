@@ -176,14 +176,15 @@ def spent_kwh(study: optuna.Study) -> float:
     return sum(t.user_attrs.get(ENERGY_ATTR) or 0.0 for t in study.get_trials(deepcopy=False))
 
 
-def spent_measured_by(study: optuna.Study) -> dict[str, str]:
-    """How the energy ``spent_kwh`` sums was measured: the distinct methods and backends of the
-    trials, joined by ``+`` (``pipeline.uncertainty.factors`` reads a sum's method so), as the tags
-    ``energy_method`` and ``energy_backend``; empty when no trial measured any."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ENERGY_ATTR) is not None]
+def spent_measured_by(trials) -> dict[str, str]:
+    """How the energy ``spent_kwh`` sums over these trials (all of a study's) was measured: their
+    distinct methods and backends, joined by ``+`` (``pipeline.uncertainty.factors`` reads a
+    sum's method so), as the tags ``energy_method`` and ``energy_backend``; empty when no trial
+    measured any."""
+    measured = [t for t in trials if t.user_attrs.get(ENERGY_ATTR) is not None]
     out = {}
     for tag, attr in (("energy_method", METHOD_ATTR), ("energy_backend", BACKEND_ATTR)):
-        found = sorted({t.user_attrs[attr] for t in trials if t.user_attrs.get(attr)})
+        found = sorted({t.user_attrs[attr] for t in measured if t.user_attrs.get(attr)})
         if found:
             out[tag] = "+".join(found)
     return out

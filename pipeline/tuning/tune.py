@@ -283,7 +283,7 @@ def tune_family(params: Params, family: str, meter: EnergyMeter | None = None,
         emissions = sum(t.user_attrs.get("emissions_kg") or 0.0 for t in trials)
         parent.log_metrics({"search/energy_kwh": spent_kwh, "search/energy_j": spent_kwh * J_PER_KWH,
                             "search/emissions_kg": emissions, **{f"search/trials_{k}": v for k, v in counts.items()}})
-        parent.set_tags(st.spent_measured_by(study))
+        parent.set_tags(st.spent_measured_by(every))  # the trials spent_kwh sums
         chosen, front = st.select_trial(study, params)
         train_over, model_over = split_params(chosen.params)
         # Tags, not params: a resumed study reuses this run and its best trial may change.
